@@ -1,0 +1,78 @@
+"""Shared test configuration.
+
+Tests run in float64 by default (``jax_enable_x64``); ``--float32`` or ``JAXDIFF_TEST_FLOAT32=1``
+runs the same suite in float32.  CI runs both.  The library itself never changes JAX's config.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--float32", action="store_true", default=False, help="run the suite in float32")
+
+
+def pytest_configure(config):
+    import jax
+
+    float32 = config.getoption("--float32") or os.environ.get("JAXDIFF_TEST_FLOAT32") == "1"
+    os.environ["JAXDIFF_TEST_FLOAT32"] = "1" if float32 else "0"
+    jax.config.update("jax_enable_x64", not float32)
+
+
+def pytest_report_header(config):
+    import jax
+
+    return f"jaxdiff tests: jax {jax.__version__}, x64={jax.config.jax_enable_x64}, backend={jax.default_backend()}"
+
+
+@pytest.fixture(scope="session")
+def x64():
+    """True when the suite runs in float64."""
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+@pytest.fixture(scope="session")
+def float_dtype(x64):
+    return np.float64 if x64 else np.float32
+
+
+@pytest.fixture(scope="session")
+def rtol(x64):
+    """Default relative tolerance for comparisons against float64 references."""
+    return 1e-10 if x64 else 1e-4
+
+
+def _shared_dir():
+    env = os.environ.get("JAXDIFF_SHARED")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """The project's ``shared/`` folder (beside the repository); skips data tests if absent."""
+    path = _shared_dir()
+    if not (path / "data").is_dir():
+        pytest.skip(f"shared data folder not found at {path} (set JAXDIFF_SHARED)")
+    return path
+
+
+@pytest.fixture
+def getkey():
+    """A fresh PRNG key per call, deterministic per test."""
+    import jax
+
+    state = {"key": jax.random.key(0)}
+
+    def _next():
+        state["key"], sub = jax.random.split(state["key"])
+        return sub
+
+    return _next
