@@ -1,0 +1,371 @@
+"""ZOGY image differencing (Zackay, Ofek & Gal-Yam 2016, ApJ 830:27) as a pure JAX function.
+
+Notation follows ip_diffim's ``ZogyTask``: "new" = science = exposure 1 = N, "ref" =
+template = exposure 2 = R, and the difference is new − ref.  Hats are 2-D DFTs with the
+numpy convention (unnormalised forward transform).
+"""
+
+import functools
+import numbers
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ._fft import crop_center_origin, fast_fft_shape, psf_to_otf
+
+__all__ = ["PAD_MODES", "ZogyResult", "default_fft_shape", "zogy"]
+
+#: Accepted ``pad_mode`` values (passed to ``jnp.pad``; "constant" pads images with 0).
+PAD_MODES = ("reflect", "symmetric", "wrap", "constant")
+
+
+class ZogyResult(NamedTuple):
+    """Outputs of :func:`zogy` (a NamedTuple, hence a pytree).
+
+    Attributes
+    ----------
+    difference : (H, W)
+        Proper difference image D / F_D (eq. 13 over eq. 15): photometric scale 1,
+        i.e. in the flux units of ``new_image / f_new``; D = new − ref.
+    difference_variance : (H, W)
+        Per-pixel variance of ``difference``: (k1² ⊛ V_new + k2² ⊛ V_ref) / F_D², where k1,
+        k2 are the real-space D kernels (eq. 26 generalised to variance maps).
+    difference_psf : (Kh, Kw)
+        PSF of D (eq. 14) on the stamp shape of ``new_psf``, normalised to sum 1.
+    flux_zero_point : ()
+        F_D (eq. 15).
+    score : (H, W) or None
+        Matched-filter score S (eqs. 12 and 17), *not* divided by F_D (ip_diffim convention).
+    score_variance : (H, W) or None
+        V_S = k̂1² ⊛ V_new + k̂2² ⊛ V_ref with k̂1, k̂2 the real-space score kernels.
+    astrometric_variance : (H, W) or None
+        V_ast (eqs. 30–33); zeros when all astrometric sigmas are static zeros.
+    score_corr : (H, W) or None
+        S_corr = S / sqrt(V_S + V_ast) (eq. 25 with per-pixel variance); 0 where the
+        total variance is below ``100 * finfo(dtype).tiny``.
+    score_psf : (Kh, Kw) or None
+        PSF of S, inverse DFT of |P̂_D|² (eq. 17), normalised to sum 1.
+    n_degenerate : () int32
+        Number of frequencies of the full ``fft_shape`` DFT grid at which the eq. 12
+        denominator was below ``100 * finfo(dtype).tiny``.
+
+    The five score fields are ``None`` when ``calculate_score=False``.
+    """
+
+    difference: Float[Array, "H W"]
+    difference_variance: Float[Array, "H W"]
+    difference_psf: Float[Array, "Kh Kw"]
+    flux_zero_point: Float[Array, ""]
+    score: Float[Array, "H W"] | None
+    score_variance: Float[Array, "H W"] | None
+    astrometric_variance: Float[Array, "H W"] | None
+    score_corr: Float[Array, "H W"] | None
+    score_psf: Float[Array, "Kh Kw"] | None
+    n_degenerate: Int[Array, ""]
+
+
+def default_fft_shape(
+    image_shape: Sequence[int], new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int]
+) -> tuple[int, int]:
+    """FFT grid used by :func:`zogy` when ``fft_shape`` is not given.
+
+    ``fast_fft_shape(image_shape + 2 * border)`` with ``border`` = the largest PSF stamp
+    dimension (>= twice the largest PSF half-size, and >= the extent of the D kernels).
+
+    Examples
+    --------
+    >>> default_fft_shape((256, 256), (25, 25), (25, 25))
+    (320, 320)
+    """
+    border = max(*new_psf_shape, *ref_psf_shape)
+    return fast_fft_shape([int(n) + 2 * border for n in image_shape])
+
+
+def _static_zero(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == 0
+
+
+def zogy(
+    new_image: Float[ArrayLike, "H W"],
+    ref_image: Float[ArrayLike, "H W"],
+    new_psf: Float[ArrayLike, "Kh Kw"],
+    ref_psf: Float[ArrayLike, "Lh Lw"],
+    new_variance: Float[ArrayLike, "H W"] | Float[ArrayLike, ""],
+    ref_variance: Float[ArrayLike, "H W"] | Float[ArrayLike, ""],
+    *,
+    new_noise_var: Float[ArrayLike, ""],
+    ref_noise_var: Float[ArrayLike, ""],
+    f_new: Float[ArrayLike, ""] = 1.0,
+    f_ref: Float[ArrayLike, ""] = 1.0,
+    astrometric_sigma_new: tuple[Float[ArrayLike, ""], Float[ArrayLike, ""]] = (0.0, 0.0),
+    astrometric_sigma_ref: tuple[Float[ArrayLike, ""], Float[ArrayLike, ""]] = (0.0, 0.0),
+    fft_shape: tuple[int, int] | None = None,
+    calculate_score: bool = True,
+    pad_mode: str = "reflect",
+) -> ZogyResult:
+    r"""ZOGY proper image difference, score image and their variances.
+
+    With 1 = new (N), 2 = ref (R), σ_k² the scalar noise levels and F_k the flux scalings,
+    all products element-wise on the DFT grid (Zackay, Ofek & Gal-Yam 2016):
+
+    * S_den = σ_n² F_r² |P̂_r|² + σ_r² F_n² |P̂_n|²  (denominator of eqs. 12–13);
+    * D̂ = ĉ1 N̂ − ĉ2 R̂ with ĉ1 = F_r P̂_r / √S_den, ĉ2 = F_n P̂_n / √S_den  (eq. 13);
+    * P̂_D = F_Ddenom P̂_n P̂_r / √S_den, F_Ddenom = √(σ_n² F_r² + σ_r² F_n²)  (eq. 14);
+    * F_D = F_n F_r / F_Ddenom  (eq. 15);
+    * Ŝ = k̂1 N̂ − k̂2 R̂, k̂1 = F_n F_r² P̂_n* |P̂_r|² / S_den, k̂2 = F_r F_n² P̂_r* |P̂_n|² / S_den
+      (eq. 12; Ŝ = F_D D̂ P̂_D*, eq. 17);
+    * per-pixel variances from the real-space kernels k = IDFT(ĉ) etc.:
+      V_D = (k1² ⊛ V_n + k2² ⊛ V_r) / F_D², V_S = k̂1² ⊛ V_n + k̂2² ⊛ V_r  (eq. 26 generalised);
+    * V_ast = σ_{n,x}² (∂_x S_N)² + σ_{n,y}² (∂_y S_N)² + σ_{r,x}² (∂_x S_R)² + σ_{r,y}² (∂_y S_R)²
+      with S_N = IDFT(k̂1 N̂), S_R = IDFT(k̂2 R̂) (eqs. 30–33), x = columns, y = rows;
+    * S_corr = S / √(V_S + V_ast)  (eq. 25).
+
+    Parameters
+    ----------
+    new_image, ref_image : array_like, shape (H, W)
+        Registered science (new) and template (ref) images; any shape, odd or even.
+    new_psf, ref_psf : array_like, shapes (Kh, Kw) and (Lh, Lw)
+        PSF stamps, odd-sized, centred on pixel ``(K // 2)``, no larger than the image;
+        any normalisation (normalised to sum 1 here).  Stamp shapes may differ.
+    new_variance, ref_variance : array_like, shape (H, W) or scalar
+        Per-pixel variance maps.  When both are scalars (Python or 0-d), a fast path
+        computes V_D and V_S as constants (Parseval) with no variance FFTs.
+    new_noise_var, ref_noise_var : float or 0-d array, keyword-only
+        Scalar noise levels σ_n², σ_r² used in the Fourier denominators (the caller
+        chooses them, e.g. the clipped mean of the variance planes as ip_diffim does).
+    f_new, f_ref : float or 0-d array, keyword-only
+        Flux-zero-point scalings F_n, F_r (default 1).
+    astrometric_sigma_new, astrometric_sigma_ref : (float, float), keyword-only
+        Astrometric registration noise (σ_x, σ_y) in pixels of each image, x = columns.
+        If all four are Python zeros (the default) V_ast is skipped (zeros returned).
+    fft_shape : (int, int), optional, keyword-only
+        FFT grid, >= the image shape.  Default :func:`default_fft_shape`: image plus a
+        border of the largest PSF stamp dimension per side, rounded up by
+        :func:`~jaxdiff._fft.fast_fft_shape`.
+    calculate_score : bool, keyword-only
+        Compute the score fields (default True); else they are ``None``.
+    pad_mode : {"reflect", "symmetric", "wrap", "constant"}, keyword-only
+        How images are extended to ``fft_shape`` (``jnp.pad`` modes; the image sits at
+        offset ``(fft - n) // 2``).  Variance maps are extended with the same mode, except
+        for "constant", where images are zero-padded and variance maps padded with the
+        scalar noise level.  ip_diffim instead fills the border with Gaussian noise of the
+        noise level; we avoid a random-number dependence and, with the default "reflect",
+        also the edge discontinuity of zero padding, while keeping the local noise level.
+        Pixels within about a PSF width of the edge differ between these choices.
+
+    Returns
+    -------
+    ZogyResult
+        See :class:`ZogyResult`; arrays have the floating dtype of ``new_image``.
+
+    Raises
+    ------
+    ValueError
+        For inconsistent shapes, even-sized or too-large PSFs, a too-small ``fft_shape``,
+        an unknown ``pad_mode`` or an unsupported dtype.
+
+    Notes
+    -----
+    Frequencies where S_den < ``100 * finfo(dtype).tiny`` are degenerate: there ĉ1 =
+    F_r / F_Ddenom, ĉ2 = F_n / F_Ddenom (as ip_diffim), and P̂_D, k̂1, k̂2 are 0.  The
+    division uses the double-``where`` pattern, so values and gradients stay finite.
+
+    Cost (full-size real FFTs of ``fft_shape``): 2 images + ~1 for both PSFs (the PSF
+    transform skips zero rows) + 2 inverse for P_D and P_S + 2 inverse for D and S; with
+    variance maps also 2 forward for the maps, 4×2 for squaring the kernels and 2 inverse
+    for V_D and V_S: 19 in total, 7 with scalar variances; 1 more when V_ast is computed.
+    Without the score: 12 (per-pixel) / 5 (scalar).
+
+    **JAX.** The heavy lifting is one ``jax.jit``-compiled function.  Static (a change
+    recompiles): the shapes of all inputs, ``fft_shape``, ``calculate_score``,
+    ``pad_mode``, whether each variance is a scalar, the dtype, and whether all
+    astrometric sigmas are Python zeros.  Traced: images, PSFs, variances, noise levels,
+    flux scalings and astrometric sigmas; all outputs except ``n_degenerate`` are
+    differentiable with respect to all of them (forward and reverse mode).  The function
+    can be wrapped in ``jax.jit``, ``jax.vmap`` (batches of pairs) and ``jax.grad``.
+    float32 stays float32 and float64 stays float64; nothing touches ``jax.config``.
+
+    References
+    ----------
+    Zackay, B., Ofek, E. O. & Gal-Yam, A. 2016, ApJ 830, 27 ("ZOGY"), eqs. 12–17, 25–33.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from jaxdiff._psf_images import gaussian_psf_image
+    >>> rng = np.random.default_rng(0)
+    >>> n, r = rng.normal(size=(2, 32, 32))
+    >>> psf = gaussian_psf_image(1.5, (9, 9))
+    >>> res = zogy(n, r, psf, psf, 1.0, 1.0, new_noise_var=1.0, ref_noise_var=1.0)
+    >>> bool(jnp.allclose(res.difference, n - r, atol=1e-4))  # identical PSFs: D = N - R
+    True
+    >>> round(float(res.difference_variance[0, 0]), 4)
+    2.0
+    """
+    dtype = jnp.result_type(new_image)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    if dtype not in (jnp.float32, jnp.float64):
+        msg = f"zogy supports float32 and float64 images, got {dtype}"
+        raise ValueError(msg)
+    as_arr = functools.partial(jnp.asarray, dtype=dtype)
+    new_image, ref_image, new_psf, ref_psf = map(as_arr, (new_image, ref_image, new_psf, ref_psf))
+    new_variance, ref_variance, new_noise_var, ref_noise_var, f_new, f_ref = map(
+        as_arr, (new_variance, ref_variance, new_noise_var, ref_noise_var, f_new, f_ref)
+    )
+
+    shape = new_image.shape
+    if len(shape) != 2 or ref_image.shape != shape:
+        msg = f"images must be 2-D with equal shapes, got {shape} and {ref_image.shape}"
+        raise ValueError(msg)
+    for name, psf in (("new_psf", new_psf), ("ref_psf", ref_psf)):
+        if psf.ndim != 2 or any(k % 2 == 0 or k > n for k, n in zip(psf.shape, shape)):
+            msg = f"{name} must be 2-D, odd-sized and no larger than the image {shape}, got {psf.shape}"
+            raise ValueError(msg)
+    for name, var in (("new_variance", new_variance), ("ref_variance", ref_variance)):
+        if var.shape not in ((), shape):
+            msg = f"{name} must be a scalar or have the image shape {shape}, got {var.shape}"
+            raise ValueError(msg)
+    for name, val in (("new_noise_var", new_noise_var), ("ref_noise_var", ref_noise_var), ("f_new", f_new),
+                      ("f_ref", f_ref)):  # fmt: skip
+        if val.ndim != 0:
+            msg = f"{name} must be a scalar, got shape {val.shape}"
+            raise ValueError(msg)
+    if fft_shape is None:
+        fft_shape = default_fft_shape(shape, new_psf.shape, ref_psf.shape)
+    fft_shape = tuple(int(s) for s in fft_shape)
+    if len(fft_shape) != 2 or any(f < n for f, n in zip(fft_shape, shape)):
+        msg = f"fft_shape must be two ints >= the image shape {shape}, got {fft_shape}"
+        raise ValueError(msg)
+    if pad_mode not in PAD_MODES:
+        msg = f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}"
+        raise ValueError(msg)
+
+    sigmas = (*astrometric_sigma_new, *astrometric_sigma_ref)
+    if len(sigmas) != 4:
+        msg = f"astrometric sigmas must be (sigma_x, sigma_y) pairs, got {len(sigmas)} values in total"
+        raise ValueError(msg)
+    use_ast = bool(calculate_score) and not all(_static_zero(s) for s in sigmas)
+    sigmas = tuple(map(as_arr, sigmas)) if use_ast else None
+    return _zogy_jit(
+        new_image, ref_image, new_psf, ref_psf, new_variance, ref_variance, new_noise_var, ref_noise_var,
+        f_new, f_ref, sigmas, fft_shape=fft_shape, calculate_score=bool(calculate_score), pad_mode=pad_mode,
+    )  # fmt: skip
+
+
+def _half_spectrum_weights(width: int) -> np.ndarray:
+    """Multiplicity of each rfft column in the full DFT (1 for DC and Nyquist, else 2)."""
+    w = np.full(width // 2 + 1, 2)
+    w[0] = 1
+    if width % 2 == 0:
+        w[-1] = 1
+    return w
+
+
+@functools.partial(jax.jit, static_argnames=("fft_shape", "calculate_score", "pad_mode"))
+def _zogy_jit(
+    new_image, ref_image, new_psf, ref_psf, new_variance, ref_variance, new_noise_var, ref_noise_var,
+    f_new, f_ref, sigmas, *, fft_shape, calculate_score, pad_mode,
+):  # fmt: skip
+    dtype = new_image.dtype
+    cdtype = jnp.complex64 if dtype == jnp.float32 else jnp.complex128
+    tiny = 100 * float(jnp.finfo(dtype).tiny)
+    (h, w), (fh, fw) = new_image.shape, fft_shape
+    y0, x0 = (fh - h) // 2, (fw - w) // 2
+    pads = ((y0, fh - h - y0), (x0, fw - w - x0))
+
+    def pad(a, fill):
+        if pad_mode == "constant":
+            return jnp.pad(a, pads, constant_values=fill)
+        return jnp.pad(a, pads, mode=pad_mode)
+
+    def crop(a):
+        return a[y0 : y0 + h, x0 : x0 + w]
+
+    def inv(a):
+        return jnp.fft.irfft2(a, s=fft_shape)
+
+    def cx(a):
+        return a.astype(cdtype)
+
+    weights = _half_spectrum_weights(fw)
+    weights_r = jnp.asarray(weights, dtype)[None, :]
+
+    def sum_sq(kernel_hat):
+        """Sum over pixels of the squared real-space kernel (Parseval on the half plane)."""
+        power = weights_r * (kernel_hat.real**2 + kernel_hat.imag**2)
+        return jnp.sum(jnp.sum(power, axis=1)) / (fh * fw)
+
+    def sq_hat(kernel_hat):
+        """DFT of the squared real-space kernel."""
+        return jnp.fft.rfft2(inv(kernel_hat) ** 2)
+
+    def stamp(a):
+        s = crop_center_origin(a, new_psf.shape)
+        return s / jnp.sum(s)
+
+    n_hat = jnp.fft.rfft2(pad(new_image, 0))
+    r_hat = jnp.fft.rfft2(pad(ref_image, 0))
+    pn = psf_to_otf(new_psf / jnp.sum(new_psf), fft_shape)
+    pr = psf_to_otf(ref_psf / jnp.sum(ref_psf), fft_shape)
+    pn2 = pn.real**2 + pn.imag**2
+    pr2 = pr.real**2 + pr.imag**2
+
+    a1 = new_noise_var * f_ref**2
+    a2 = ref_noise_var * f_new**2
+    fd_denom = jnp.sqrt(a1 + a2)
+    f_d = f_new * f_ref / fd_denom
+    s_den = a1 * pr2 + a2 * pn2
+    degenerate = s_den < tiny
+    s_safe = jnp.where(degenerate, 1, s_den)  # double-where: finite values and gradients
+    den = jnp.sqrt(s_safe)
+    n_degenerate = jnp.sum(jnp.where(degenerate, jnp.asarray(weights, jnp.int32)[None, :], 0), dtype=jnp.int32)
+
+    c1 = jnp.where(degenerate, cx(f_ref / fd_denom), cx(f_ref / den) * pr)
+    c2 = jnp.where(degenerate, cx(f_new / fd_denom), cx(f_new / den) * pn)
+    difference = crop(inv(c1 * n_hat - c2 * r_hat)) / f_d
+    difference_psf = stamp(inv(cx(jnp.where(degenerate, 0, fd_denom / den)) * pn * pr))
+
+    scalar_var = new_variance.ndim == 0 and ref_variance.ndim == 0
+    if not scalar_var:
+        v1_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(new_variance, (h, w)), new_noise_var))
+        v2_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(ref_variance, (h, w)), ref_noise_var))
+
+    def propagate(k1_hat, k2_hat):
+        if scalar_var:
+            var = new_variance * sum_sq(k1_hat) + ref_variance * sum_sq(k2_hat)
+            return jnp.full((h, w), var, dtype)
+        return crop(inv(sq_hat(k1_hat) * v1_hat + sq_hat(k2_hat) * v2_hat))
+
+    difference_variance = propagate(c1, c2) / f_d**2
+    if not calculate_score:
+        return ZogyResult(difference, difference_variance, difference_psf, f_d, None, None, None, None, None,
+                          n_degenerate)  # fmt: skip
+
+    k1 = cx(jnp.where(degenerate, 0, f_new * f_ref**2 * pr2 / s_safe)) * jnp.conj(pn)
+    k2 = cx(jnp.where(degenerate, 0, f_ref * f_new**2 * pn2 / s_safe)) * jnp.conj(pr)
+    if sigmas is None:
+        score = crop(inv(k1 * n_hat - k2 * r_hat))
+        astrometric_variance = jnp.zeros((h, w), dtype)
+    else:
+        s_new, s_ref = inv(k1 * n_hat), inv(k2 * r_hat)
+        score = crop(s_new - s_ref)
+
+        def grad2(a, axis):  # squared central difference on the periodic FFT grid
+            return ((jnp.roll(a, -1, axis) - jnp.roll(a, 1, axis)) / 2) ** 2
+
+        sxn, syn, sxr, syr = sigmas
+        astrometric_variance = crop(
+            sxn**2 * grad2(s_new, 1) + syn**2 * grad2(s_new, 0) + sxr**2 * grad2(s_ref, 1) + syr**2 * grad2(s_ref, 0)
+        )
+    score_variance = propagate(k1, k2)
+    score_psf = stamp(inv(cx(jnp.where(degenerate, 0, fd_denom**2 * pn2 * pr2 / s_safe))))
+    total = score_variance + astrometric_variance
+    ok = total > tiny
+    score_corr = jnp.where(ok, score / jnp.sqrt(jnp.where(ok, total, 1)), 0)
+    return ZogyResult(difference, difference_variance, difference_psf, f_d, score, score_variance,
+                      astrometric_variance, score_corr, score_psf, n_degenerate)  # fmt: skip
