@@ -52,8 +52,10 @@ def _detect(scoreCorrExposure, threshold, max_peaks=50):
     from .detection import find_peaks, peaks_to_table
 
     arr = scoreCorrExposure.image.array
-    pos = peaks_to_table(find_peaks(arr, threshold, max_peaks=max_peaks))
-    neg = peaks_to_table(find_peaks(-arr, threshold, max_peaks=max_peaks), sign=-1)
+    mask = scoreCorrExposure.mask
+    ok = (mask.array & mask.getPlaneBitMask(["EDGE", "NO_DATA", "BAD", "SAT"])) == 0
+    pos = peaks_to_table(find_peaks(arr, threshold, ok, max_peaks=max_peaks))
+    neg = peaks_to_table(find_peaks(-arr, threshold, ok, max_peaks=max_peaks), sign=-1)
     return sorted(pos + neg, key=lambda p: -abs(p["value"]))
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import erf, erfc
 
-from .image import Exposure, Image, Mask, MaskedImage, PhotoCalib
+from .image import DEFAULT_MASK_PLANES, Exposure, Image, Mask, MaskedImage, PhotoCalib
 from .psf import FWHM_PER_SIGMA, GridPsf, ImagePsf
 
 __all__ = [
@@ -54,6 +54,9 @@ __all__ = [
     "render_moffat_stars",
     "simulate_pair",
 ]
+
+_DEFAULT_TEMPLATE_PSF = {"kind": "gaussian", "sigma": 1.5}
+_DEFAULT_SCIENCE_PSF = {"kind": "gaussian", "sigma": 2.2}
 
 #: Matmuls that sum star profiles run at full float32/float64 precision (no TF32 on GPUs).
 _PRECISION = lax.Precision.HIGHEST
@@ -123,6 +126,8 @@ def _as_star_arrays(dtype, *arrays):
     arrs = [jnp.ravel(jnp.asarray(a)) for a in arrays]
     if dtype is None:
         dtype = arrs[2].dtype if jnp.issubdtype(arrs[2].dtype, jnp.floating) else _default_float()
+    else:
+        dtype = _resolve_dtype(dtype)
     n = max(a.shape[0] for a in arrs[:3])
     out = []
     for a in arrs:
@@ -253,10 +258,15 @@ def gaussian_pixel_kernel(sigma, size, *, dx=0.0, dy=0.0, dtype=None):
     """
     size = _check_odd_size(size, "size")
     dtype = _resolve_dtype(dtype)
+    return _gauss_kernel(*(jnp.asarray(v).astype(dtype) for v in (sigma, dx, dy)), size=size)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _gauss_kernel(sigma, dx, dy, *, size):
     half = size // 2
-    sig = jnp.reshape(jnp.asarray(sigma).astype(dtype), (1,))
-    gx = _gauss_pixel_profile(jnp.reshape(jnp.asarray(half + dx).astype(dtype), (1,)), sig, size)[0]
-    gy = _gauss_pixel_profile(jnp.reshape(jnp.asarray(half + dy).astype(dtype), (1,)), sig, size)[0]
+    sig = jnp.reshape(sigma, (1,))
+    gx = _gauss_pixel_profile(jnp.reshape(half + dx, (1,)), sig, size)[0]
+    gy = _gauss_pixel_profile(jnp.reshape(half + dy, (1,)), sig, size)[0]
     k = gy[:, None] * gx[None, :]
     return k / jnp.sum(k)
 
@@ -374,12 +384,14 @@ def moffat_pixel_kernel(fwhm, beta, size, *, dx=0.0, dy=0.0, oversample=5, dtype
     size = _check_odd_size(size, "size")
     dtype = _resolve_dtype(dtype)
 
-    def scalar(v):
-        return jnp.asarray(v).astype(dtype)
+    oversample = int(oversample)
+    if oversample < 1:
+        raise ValueError(f"oversample must be a positive integer, got {oversample}")
+    args = (jnp.asarray(v).astype(dtype) for v in (dx, dy, fwhm, beta))
+    return _moffat_kernel(*args, size=size, oversample=oversample)
 
-    return _moffat_stamp(
-        scalar(dx), scalar(dy), scalar(fwhm), scalar(beta), size=size, oversample=int(oversample)
-    )
+
+_moffat_kernel = jax.jit(_moffat_stamp, static_argnames=("size", "oversample"))
 
 
 def flux_for_snr(snr, kernel, variance):
@@ -686,6 +698,112 @@ def _tan_wcs(centre_pixel, crval, pixel_scale):
     return wcs
 
 
+def _positive_int(value, what, allow_zero=False):
+    if int(value) != value or value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else "positive"
+        raise ValueError(f"{what} must be a {bound} integer, got {value!r}")
+    return int(value)
+
+
+def _psf_grid(psf_grid):
+    nx, ny = (psf_grid, psf_grid) if np.ndim(psf_grid) == 0 else tuple(psf_grid)
+    return (_positive_int(nx, "psf_grid"), _positive_int(ny, "psf_grid"))
+
+
+def _default_psf_size(psf_size, tspec, sspec, variation, shape):
+    h, w = shape
+    if psf_size is None:
+        max_scale = 1.0 + abs(variation[0]) + abs(variation[1])
+        sigma_max = max(_sigma_equiv(tspec), _sigma_equiv(sspec) * max_scale)
+        limit = min(h, w) if min(h, w) % 2 else min(h, w) - 1
+        return max(min(2 * math.ceil(5.0 * sigma_max) + 1, limit), 1)
+    psf_size = _check_odd_size(psf_size, "psf_size")
+    if psf_size > min(h, w):
+        msg = f"image shape {(h, w)} is too small for psf_size {psf_size}; use a larger shape or a smaller psf_size"
+        raise ValueError(msg)
+    return psf_size
+
+
+def _random_stars(stream, n_stars, flux_range, flux_slope, bbox):
+    """Uniform positions over the image and power-law fluxes (inverse-CDF sampling)."""
+    x0, y0, w, h = bbox
+    n = _positive_int(n_stars, "n_stars", allow_zero=True)
+    fmin, fmax = (float(v) for v in flux_range)
+    if not (0 < fmin <= fmax and np.isfinite(fmax)):
+        raise ValueError(f"flux_range must satisfy 0 < min <= max, got {flux_range}")
+    kxy = jax.random.split(stream("star_xy"))
+    x = _uniform(kxy[0], n, x0 - 0.5, x0 + w - 0.5)
+    y = _uniform(kxy[1], n, y0 - 0.5, y0 + h - 0.5)
+    u = _uniform(stream("star_flux"), n, 0.0, 1.0)
+    a = 1.0 - float(flux_slope)
+    if abs(a) < 1e-12:  # log-uniform
+        flux = fmin * (fmax / fmin) ** u
+    else:
+        flux = (fmin**a + u * (fmax**a - fmin**a)) ** (1.0 / a)
+    return x, y, np.clip(flux, fmin, fmax)
+
+
+def _explicit_sources(sources, what, allow_zero):
+    try:
+        x, y, f = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in sources)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be (x, y, flux) arrays") from exc
+    if not (x.shape == y.shape == f.shape and x.ndim == 1):
+        raise ValueError(f"{what}=(x, y, flux) need equal 1-D lengths, got {x.shape}, {y.shape}, {f.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(np.isfinite(f))):
+        raise ValueError(f"{what}=(x, y, flux) must be finite")
+    if np.any(f < 0) or (not allow_zero and np.any(f == 0)):
+        bound = ">= 0" if allow_zero else "> 0 (use transient_sign for fading ones)"
+        raise ValueError(f"{what} fluxes must be {bound}, got min {f.min()}")
+    return x, y, f
+
+
+def _add_cosmic_rays(key, n_cr, flux_range, raw, mask, bit):
+    """Add single/double-pixel hits to ``raw`` in place and flag them; return LOCAL x, y, counts."""
+    if n_cr == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    cmin, cmax = (float(v) for v in flux_range)
+    if not (0 < cmin <= cmax):
+        raise ValueError(f"cosmic_ray_flux must satisfy 0 < min <= max, got {flux_range}")
+    h, w = raw.shape
+    kc = jax.random.split(key, 5)
+    cx = np.asarray(jax.random.randint(kc[0], (n_cr,), 0, w), dtype=np.int64)
+    cy = np.asarray(jax.random.randint(kc[1], (n_cr,), 0, h), dtype=np.int64)
+    double = np.asarray(jax.random.bernoulli(kc[2], 0.5, (n_cr,)))
+    step = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)])[np.asarray(jax.random.randint(kc[3], (n_cr,), 0, 4))]
+    lx = np.concatenate([cx, np.clip(cx + step[:, 0], 0, w - 1)[double]])
+    ly = np.concatenate([cy, np.clip(cy + step[:, 1], 0, h - 1)[double]])
+    flat = np.unique(ly * w + lx)  # a pixel hit twice counts once
+    ly, lx = np.divmod(flat, w)
+    counts = _through(_uniform(kc[4], flat.size, cmin, cmax), raw.dtype)
+    raw[ly, lx] += counts.astype(raw.dtype)
+    mask[ly, lx] |= bit
+    return lx, ly, counts
+
+
+def _peaks(image, x, y):
+    """Value of ``image`` at the pixel containing each LOCAL position (-inf outside the image)."""
+    h, w = image.shape
+    ix = np.floor(np.asarray(x) + 0.5).astype(np.int64)
+    iy = np.floor(np.asarray(y) + 0.5).astype(np.int64)
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    out = np.full(ix.shape, -np.inf)
+    out[inside] = image[iy[inside], ix[inside]]
+    return out
+
+
+def _saturation_for(n_sat, mean, x, y):
+    """A level between the n-th and (n+1)-th brightest noise-free peak (geometric mean)."""
+    peaks = np.sort(_peaks(mean, x, y))[::-1]
+    peaks = peaks[np.isfinite(peaks)]
+    if peaks.size < n_sat:
+        raise ValueError(f"only {peaks.size} stars lie inside the image; cannot saturate {n_sat}")
+    level = float(np.sqrt(peaks[n_sat - 1] * peaks[n_sat])) if n_sat < peaks.size else 0.5 * float(peaks[-1])
+    if level <= float(mean.min()):
+        raise ValueError("the stars to saturate are too faint to saturate above the sky")
+    return level
+
+
 def simulate_pair(
     key,
     shape=(256, 256),
@@ -868,15 +986,14 @@ def simulate_pair(
     approximate).  Saturation, cosmic rays and bad columns are applied to the noisy image, then the
     sky is subtracted.
     """
-    # ---- validation --------------------------------------------------------------------------
+    # ---- validation (all before any work) ----------------------------------------------------
     dtype = _resolve_dtype(dtype)
     h, w = _check_shape(shape)
     x0, y0 = (int(v) for v in xy0)
     bbox = (x0, y0, w, h)
-    tspec = _psf_spec({"kind": "gaussian", "sigma": 1.5} if template_psf is None else template_psf, "template_psf")
-    sspec = _psf_spec({"kind": "gaussian", "sigma": 2.2} if science_psf is None else science_psf, "science_psf")
+    tspec = _psf_spec(_DEFAULT_TEMPLATE_PSF if template_psf is None else template_psf, "template_psf")
+    sspec = _psf_spec(_DEFAULT_SCIENCE_PSF if science_psf is None else science_psf, "science_psf")
     variation = _variation(psf_variation)
-    varies = variation != (0.0, 0.0)
     if abs(variation[0]) + abs(variation[1]) >= 1.0:
         raise ValueError(f"psf_variation {psf_variation!r} would make the PSF width non-positive somewhere")
     for name, value in (("sky_science", sky_science), ("sky_template", sky_template), ("read_noise", read_noise)):
@@ -887,127 +1004,98 @@ def simulate_pair(
     if not (np.isfinite(flux_ratio) and flux_ratio > 0):
         raise ValueError(f"flux_ratio must be positive, got {flux_ratio}")
     dx, dy = (float(v) for v in shift)
-    oversample = int(oversample)
-    if oversample < 1:
-        raise ValueError(f"oversample must be a positive integer, got {oversample}")
-
-    max_scale = 1.0 + abs(variation[0]) + abs(variation[1])
-    if psf_size is None:
-        sigma_max = max(_sigma_equiv(tspec), _sigma_equiv(sspec) * max_scale)
-        psf_size = 2 * math.ceil(5.0 * sigma_max) + 1
-        limit = min(h, w) if min(h, w) % 2 else min(h, w) - 1
-        psf_size = max(min(psf_size, limit), 1)
-    else:
-        psf_size = _check_odd_size(psf_size, "psf_size")
-        if psf_size > min(h, w):
-            msg = f"image shape {(h, w)} is too small for psf_size {psf_size}; use a larger shape or a smaller psf_size"
-            raise ValueError(msg)
-    half = psf_size // 2
+    oversample = _positive_int(oversample, "oversample")
+    n_cr = _positive_int(n_cosmic_rays, "n_cosmic_rays", allow_zero=True)
+    n_bad = _positive_int(n_bad_columns, "n_bad_columns", allow_zero=True)
+    if n_bad > w:
+        raise ValueError(f"n_bad_columns must be at most the width {w}, got {n_bad}")
+    n_sat = _positive_int(n_saturated, "n_saturated", allow_zero=True)
+    if transient_flux is not None and transient_snr is not None:
+        raise ValueError("give transient_flux or transient_snr, not both")
+    grid = _psf_grid(psf_grid)
+    psf_size = _default_psf_size(psf_size, tspec, sspec, variation, (h, w))
+    background = _background_fn(background_offset, bbox)
 
     key = _key(key)
 
     def stream(name):
         return jax.random.fold_in(key, _STREAM[name])
 
-    # ---- stars -------------------------------------------------------------------------------
-    if stars is not None:
-        sx, sy, sf = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in stars)
-        if not (sx.shape == sy.shape == sf.shape and sx.ndim == 1):
-            raise ValueError(f"stars=(x, y, flux) need equal 1-D lengths, got {sx.shape}, {sy.shape}, {sf.shape}")
-        if not (np.all(np.isfinite(sx)) and np.all(np.isfinite(sy)) and np.all(np.isfinite(sf))):
-            raise ValueError("stars=(x, y, flux) must be finite")
-        if np.any(sf < 0):
-            raise ValueError(f"star fluxes must be >= 0, got min {sf.min()}")
+    # ---- stars and transients ----------------------------------------------------------------
+    if stars is None:
+        sx, sy, sf = _random_stars(stream, n_stars, flux_range, flux_slope, bbox)
     else:
-        n_stars = int(n_stars)
-        if n_stars < 0:
-            raise ValueError(f"n_stars must be >= 0, got {n_stars}")
-        fmin, fmax = (float(v) for v in flux_range)
-        if not (0 < fmin <= fmax and np.isfinite(fmax)):
-            raise ValueError(f"flux_range must satisfy 0 < min <= max, got {flux_range}")
-        kxy = jax.random.split(stream("star_xy"))
-        sx = _uniform(kxy[0], n_stars, x0 - 0.5, x0 + w - 0.5)
-        sy = _uniform(kxy[1], n_stars, y0 - 0.5, y0 + h - 0.5)
-        u = _uniform(stream("star_flux"), n_stars, 0.0, 1.0)
-        a = 1.0 - float(flux_slope)
-        if abs(a) < 1e-12:
-            sf = fmin * (fmax / fmin) ** u
-        else:
-            sf = (fmin**a + u * (fmax**a - fmin**a)) ** (1.0 / a)
-    sx, sy = _through(sx, dtype), _through(sy, dtype)
-    sf = _through(sf, dtype)
+        sx, sy, sf = _explicit_sources(stars, "stars", allow_zero=True)
+    if n_sat > sx.size:
+        raise ValueError(f"n_saturated must be at most the number of stars ({sx.size}), got {n_sat}")
+    sx, sy, sf = _through(sx, dtype), _through(sy, dtype), _through(sf, dtype)
     sxs, sys_ = _through(sx + dx, dtype), _through(sy + dy, dtype)
     sfs = _through(flux_ratio * sf, dtype)
     sci_scale = _through(_width_scale(sxs, sys_, variation, bbox), dtype)
-    background = _background_fn(background_offset, bbox)
 
-    # ---- transients --------------------------------------------------------------------------
-    if transients is not None:
-        tx, ty, tf = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in transients)
-        if not (tx.shape == ty.shape == tf.shape and tx.ndim == 1):
-            raise ValueError("transients=(x, y, flux) need equal 1-D lengths")
-        if np.any(~np.isfinite(tf)) or np.any(tf <= 0):
-            raise ValueError("transient fluxes must be positive and finite (use transient_sign for fading ones)")
-        n_tr = tx.size
-    else:
-        n_tr = int(n_transients)
-        if n_tr < 0:
-            raise ValueError(f"n_transients must be >= 0, got {n_tr}")
+    if transients is None:
+        n_tr = _positive_int(n_transients, "n_transients", allow_zero=True)
+        half = psf_size // 2
         if n_tr and (w - 1 < 2 * half or h - 1 < 2 * half):
             raise ValueError(f"image shape {(h, w)} leaves no room for transients away from the edges")
         kt = jax.random.split(stream("transient_xy"))
         tx = _uniform(kt[0], n_tr, x0 + half, x0 + w - 1 - half)
         ty = _uniform(kt[1], n_tr, y0 + half, y0 + h - 1 - half)
         tf = None
+    else:
+        tx, ty, tf = _explicit_sources(transients, "transients", allow_zero=False)
+        n_tr = tx.size
     tsign = np.broadcast_to(np.asarray(transient_sign, dtype=np.int64), (n_tr,)).copy()
     if not np.all(np.isin(tsign, (-1, 1))):
         raise ValueError(f"transient_sign must be +1 or -1, got {transient_sign!r}")
     tx, ty = _through(tx, dtype), _through(ty, dtype)
-    if tf is None:
-        if transient_flux is not None and transient_snr is not None:
-            raise ValueError("give transient_flux or transient_snr, not both")
-        if transient_flux is not None:
-            tf = np.broadcast_to(np.asarray(transient_flux, dtype=np.float64), (n_tr,)).copy()
-            if np.any(~np.isfinite(tf)) or np.any(tf <= 0):
-                raise ValueError(f"transient_flux must be positive, got {transient_flux!r}")
-        else:
-            snr = np.broadcast_to(np.asarray(10.0 if transient_snr is None else transient_snr, np.float64), (n_tr,))
-            if np.any(~(snr > 0)):
-                raise ValueError(f"transient_snr must be positive, got {transient_snr!r}")
-            tf = np.empty(n_tr)
-            for i in range(n_tr):
-                if tsign[i] > 0:
-                    scale = float(_width_scale(tx[i], ty[i], variation, bbox))
-                    kern = _kernel(sspec, scale, psf_size, oversample, dtype)
-                    var = (sky_science + float(background(tx[i], ty[i]))) / gain + (read_noise / gain) ** 2
-                else:
-                    kern = _kernel(tspec, 1.0, psf_size, oversample, dtype)
-                    var = sky_template / gain + (read_noise / gain) ** 2
-                tf[i] = flux_for_snr(snr[i], kern, var)
+    if tf is None and transient_flux is not None:
+        tf = np.broadcast_to(np.asarray(transient_flux, dtype=np.float64), (n_tr,)).copy()
+        if np.any(~(tf > 0)) or np.any(~np.isfinite(tf)):
+            raise ValueError(f"transient_flux must be positive and finite, got {transient_flux!r}")
+    elif tf is None:
+        snr = np.broadcast_to(np.asarray(10.0 if transient_snr is None else transient_snr, np.float64), (n_tr,))
+        if np.any(~(snr > 0)):
+            raise ValueError(f"transient_snr must be positive, got {transient_snr!r}")
+        rn2 = (read_noise / gain) ** 2
+        tf = np.empty(n_tr)
+        for i in range(n_tr):
+            if tsign[i] > 0:
+                scale = float(_width_scale(tx[i], ty[i], variation, bbox))
+                kern = _kernel(sspec, scale, psf_size, oversample, dtype)
+                var = (sky_science + float(background(tx[i], ty[i]))) / gain + rn2
+            else:
+                kern = _kernel(tspec, 1.0, psf_size, oversample, dtype)
+                var = sky_template / gain + rn2
+            tf[i] = flux_for_snr(snr[i], kern, var)
     tf = _through(tf, dtype)
 
-    # ---- noise-free models -------------------------------------------------------------------
+    # ---- noise-free images -------------------------------------------------------------------
+    def render(spec, x, y, flux, scale):
+        return _render(spec, x - x0, y - y0, flux, scale, (h, w), psf_size, oversample, dtype)
+
     yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     bkg = np.asarray(background(xx, yy), np.float64)
-    bkg_d = jnp.asarray(bkg.astype(dtype))
-
-    sci = _render(sspec, sxs - x0, sys_ - y0, sfs, sci_scale, (h, w), psf_size, oversample, dtype)
-    tmp = _render(tspec, sx - x0, sy - y0, sf, np.ones_like(sx), (h, w), psf_size, oversample, dtype)
+    sci = render(sspec, sxs, sys_, sfs, sci_scale)
+    tmp = render(tspec, sx, sy, sf, np.ones_like(sx))
     new, fade = tsign > 0, tsign < 0
     if np.any(new):
         scale = _through(_width_scale(tx[new], ty[new], variation, bbox), dtype)
-        sci = sci + _render(sspec, tx[new] - x0, ty[new] - y0, tf[new], scale, (h, w), psf_size, oversample, dtype)
+        sci = sci + render(sspec, tx[new], ty[new], tf[new], scale)
     if np.any(fade):
-        ones = np.ones(int(fade.sum()))
-        tmp = tmp + _render(
-            tspec, tx[fade] - dx - x0, ty[fade] - dy - y0, tf[fade], ones, (h, w), psf_size, oversample, dtype
-        )
-    sci_mu = sci + bkg_d + jnp.asarray(sky_science, dtype)
+        tmp = tmp + render(tspec, tx[fade] - dx, ty[fade] - dy, tf[fade], np.ones(int(fade.sum())))
+    sci_mu = sci + jnp.asarray(bkg.astype(dtype)) + jnp.asarray(sky_science, dtype)  # Poisson means
     tmp_mu = tmp + jnp.asarray(sky_template, dtype)
     if noise and (float(jnp.min(sci_mu)) < 0 or float(jnp.min(tmp_mu)) < 0):
         raise ValueError("sky + background is negative somewhere: the Poisson mean must be >= 0")
+    # truth in float64 from the rendered stars (no float32 rounding of the sky level)
+    sci_model = np.asarray(sci, dtype=np.float64) + bkg
+    tmp_model = np.array(tmp, dtype=np.float64)
+    if not subtract_sky:
+        sci_model += sky_science
+        tmp_model += sky_template
 
-    # ---- noise and variance ------------------------------------------------------------------
+    # ---- noise, variance, defects ------------------------------------------------------------
     rn2 = (read_noise / gain) ** 2
     sci_var = np.array(sci_mu / gain + rn2, dtype=dtype)
     tmp_var = np.array(tmp_mu / gain + rn2, dtype=dtype)
@@ -1017,107 +1105,43 @@ def simulate_pair(
     else:
         sci_raw = np.array(sci_mu, dtype=dtype)
         tmp_raw = np.array(tmp_mu, dtype=dtype)
-    sci_mu_np = np.asarray(sci_mu, dtype=np.float64)
     sci_mask = np.zeros((h, w), dtype=np.int32)
     tmp_mask = np.zeros((h, w), dtype=np.int32)
-    planes = Mask(sci_mask).getMaskPlaneDict()
-    sat_bit, bad_bit, cr_bit = (1 << planes[p] for p in ("SAT", "BAD", "CR"))
+    bits = {p: 1 << DEFAULT_MASK_PLANES[p] for p in ("SAT", "BAD", "CR")}
 
-    # ---- cosmic rays (science) ---------------------------------------------------------------
-    n_cr = int(n_cosmic_rays)
-    if n_cr < 0:
-        raise ValueError(f"n_cosmic_rays must be >= 0, got {n_cr}")
-    cr_x = cr_y = np.zeros(0, dtype=np.int64)
-    cr_f = np.zeros(0)
-    if n_cr:
-        cmin, cmax = (float(v) for v in cosmic_ray_flux)
-        if not (0 < cmin <= cmax):
-            raise ValueError(f"cosmic_ray_flux must satisfy 0 < min <= max, got {cosmic_ray_flux}")
-        kc = jax.random.split(stream("cosmic_rays"), 6)
-        cx = np.asarray(jax.random.randint(kc[0], (n_cr,), 0, w))
-        cy = np.asarray(jax.random.randint(kc[1], (n_cr,), 0, h))
-        double = np.asarray(jax.random.bernoulli(kc[2], 0.5, (n_cr,)))
-        direction = np.asarray(jax.random.randint(kc[3], (n_cr,), 0, 4))
-        step = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)])[direction]
-        cx2 = np.clip(cx + step[:, 0], 0, w - 1)
-        cy2 = np.clip(cy + step[:, 1], 0, h - 1)
-        lx = np.concatenate([cx, cx2[double]])
-        ly = np.concatenate([cy, cy2[double]])
-        # one pixel hit twice counts once
-        flat = np.unique(ly * w + lx)
-        ly, lx = np.divmod(flat, w)
-        cr_f = _through(_uniform(kc[4], flat.size, cmin, cmax), dtype)
-        np.add.at(sci_raw, (ly, lx), cr_f.astype(dtype))
-        sci_mask[ly, lx] |= cr_bit
-        cr_x, cr_y = lx + x0, ly + y0
-
-    # ---- saturation (both images) ------------------------------------------------------------
-    n_sat = int(n_saturated)
-    if n_sat < 0 or n_sat > sx.size:
-        raise ValueError(f"n_saturated must be between 0 and the number of stars ({sx.size}), got {n_sat}")
+    cr_x, cr_y, cr_f = _add_cosmic_rays(stream("cosmic_rays"), n_cr, cosmic_ray_flux, sci_raw, sci_mask, bits["CR"])
+    sci_mu_np = np.asarray(sci_mu, dtype=np.float64)
     if saturation_level is None and n_sat:
-        ix = np.floor(sxs - x0 + 0.5).astype(np.int64)
-        iy = np.floor(sys_ - y0 + 0.5).astype(np.int64)
-        inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-        if inside.sum() < n_sat:
-            raise ValueError(f"only {inside.sum()} stars lie inside the image; cannot saturate {n_sat}")
-        peaks = np.sort(sci_mu_np[iy[inside], ix[inside]])[::-1]
-        if n_sat < peaks.size:
-            saturation_level = float(np.sqrt(peaks[n_sat - 1] * peaks[n_sat]))
-        else:
-            saturation_level = 0.5 * float(peaks[n_sat - 1])
-        floor_level = float(sci_mu_np.min())
-        if saturation_level <= floor_level:
-            raise ValueError("the chosen stars are too faint to saturate above the sky")
+        saturation_level = _saturation_for(n_sat, sci_mu_np, sxs - x0, sys_ - y0)
     if saturation_level is not None:
         saturation_level = float(saturation_level)
         for raw, mask in ((sci_raw, sci_mask), (tmp_raw, tmp_mask)):
             hit = raw >= saturation_level
             raw[hit] = saturation_level
-            mask[hit] |= sat_bit
-        ix = np.clip(np.floor(sxs - x0 + 0.5).astype(np.int64), 0, w - 1)
-        iy = np.clip(np.floor(sys_ - y0 + 0.5).astype(np.int64), 0, h - 1)
-        inside = (sxs - x0 >= -0.5) & (sxs - x0 < w - 0.5) & (sys_ - y0 >= -0.5) & (sys_ - y0 < h - 0.5)
-        saturated = inside & (sci_mu_np[iy, ix] >= saturation_level)
+            mask[hit] |= bits["SAT"]
+        saturated = _peaks(sci_mu_np, sxs - x0, sys_ - y0) >= saturation_level
     else:
         saturation_level = float("inf")
         saturated = np.zeros(sx.size, dtype=bool)
-
-    # ---- bad columns (science) ---------------------------------------------------------------
-    n_bad = int(n_bad_columns)
-    if n_bad < 0 or n_bad > w:
-        raise ValueError(f"n_bad_columns must be between 0 and the width {w}, got {n_bad}")
     bad_cols = np.sort(np.asarray(jax.random.permutation(stream("bad_columns"), w))[:n_bad]).astype(np.int64)
     if n_bad:
-        sky_sub = sky_science if subtract_sky else 0.0
-        sci_raw[:, bad_cols] = bad_column_value + sky_sub  # reads bad_column_value once stored
-        sci_mask[:, bad_cols] |= bad_bit
-
-    # ---- sky subtraction, PSFs, exposures ----------------------------------------------------
-    sci_model = sci_mu_np.copy()
-    tmp_model = np.asarray(tmp_mu, dtype=np.float64).copy()
+        sci_raw[:, bad_cols] = bad_column_value + (sky_science if subtract_sky else 0.0)
+        sci_mask[:, bad_cols] |= bits["BAD"]
     if subtract_sky:
         sci_raw -= np.asarray(sky_science, dtype)
         tmp_raw -= np.asarray(sky_template, dtype)
-        sci_model -= sky_science
-        tmp_model -= sky_template
 
+    # ---- PSFs, WCS, PhotoCalib, exposures ----------------------------------------------------
     centre = (x0 + 0.5 * (w - 1), y0 + 0.5 * (h - 1))
-    tmpl_psf = ImagePsf(_kernel(tspec, 1.0, psf_size, oversample, dtype), averagePosition=centre)
-    if varies:
-        nx, ny = (int(psf_grid), int(psf_grid)) if np.ndim(psf_grid) == 0 else (int(v) for v in psf_grid)
-        if nx < 1 or ny < 1:
-            raise ValueError(f"psf_grid must be positive, got {psf_grid!r}")
-        xc = np.linspace(x0, x0 + w - 1, nx) if w > 1 else np.array([float(x0)])
-        yc = np.linspace(y0, y0 + h - 1, ny) if h > 1 else np.array([float(y0)])
-        xc, yc = np.unique(xc), np.unique(yc)
-        images = np.stack(
-            [
-                np.stack([_kernel(sspec, float(_width_scale(xv, yv, variation, bbox)), psf_size, oversample, dtype) for xv in xc])
-                for yv in yc
-            ]
-        )
-        sci_psf = GridPsf(images, xc, yc)
+    tmp_psf = ImagePsf(_kernel(tspec, 1.0, psf_size, oversample, dtype), averagePosition=centre)
+    if variation != (0.0, 0.0):
+        xc = np.unique(np.linspace(x0, x0 + w - 1, grid[0]))
+        yc = np.unique(np.linspace(y0, y0 + h - 1, grid[1]))
+        images = [
+            [_kernel(sspec, float(_width_scale(xv, yv, variation, bbox)), psf_size, oversample, dtype) for xv in xc]
+            for yv in yc
+        ]
+        sci_psf = GridPsf(np.asarray(images), xc, yc)
     else:
         sci_psf = ImagePsf(_kernel(sspec, 1.0, psf_size, oversample, dtype), averagePosition=centre)
 
@@ -1133,7 +1157,7 @@ def simulate_pair(
         return Exposure(mi, psf=psf, wcs=wcs, photoCalib=pc)
 
     science = exposure(sci_raw, sci_mask, sci_var, sci_psf, sci_wcs, sci_pc)
-    template = exposure(tmp_raw, tmp_mask, tmp_var, tmpl_psf, tmp_wcs, tmp_pc)
+    template = exposure(tmp_raw, tmp_mask, tmp_var, tmp_psf, tmp_wcs, tmp_pc)
 
     truth = SimulationTruth(
         x=sx,
@@ -1163,8 +1187,8 @@ def simulate_pair(
         saturation_level=saturation_level,
         saturated=saturated,
         bad_columns=bad_cols + x0,
-        cosmic_ray_x=cr_x,
-        cosmic_ray_y=cr_y,
+        cosmic_ray_x=cr_x + x0,
+        cosmic_ray_y=cr_y + y0,
         cosmic_ray_flux=cr_f,
         bbox=bbox,
     )

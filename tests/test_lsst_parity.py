@@ -6,7 +6,8 @@ Skipped unless the optional LSST packages are installed (``pip install jaxdiff[l
 import pytest
 
 pipeBase = pytest.importorskip(
-    "lsst.pipe.base", reason="lsst-pipe-base is not installed (optional extra jaxdiff[lsst]); parity not checked"
+    "lsst.pipe.base",
+    reason="lsst-pipe-base is not installed (optional extra jaxdiff[lsst]); parity not checked",
 )
 pexConfig = pytest.importorskip("lsst.pex.config", reason="lsst-pex-config is not installed")
 lsstTimer = pytest.importorskip("lsst.utils.timer", reason="lsst-utils is not installed")

@@ -15,8 +15,19 @@ from jaxdiff.tasks import _base
 from jaxdiff.tasks._base import Struct, Task, TaskMetadata, logInfo, timeMethod
 from jaxdiff.tasks._config import Config, Field, FieldValidationError
 
-ITEMS = ("Utc", "CpuTime", "UserTime", "SystemTime", "MaxResidentSetSize", "MinorPageFaults", "MajorPageFaults",
-         "BlockInputs", "BlockOutputs", "VoluntaryContextSwitches", "InvoluntaryContextSwitches")
+ITEMS = (
+    "Utc",
+    "CpuTime",
+    "UserTime",
+    "SystemTime",
+    "MaxResidentSetSize",
+    "MinorPageFaults",
+    "MajorPageFaults",
+    "BlockInputs",
+    "BlockOutputs",
+    "VoluntaryContextSwitches",
+    "InvoluntaryContextSwitches",
+)
 
 
 class GrandConfig(Config):
@@ -107,13 +118,16 @@ def test_subtask_configs_are_the_parents_fields():
 
 
 def test_construction_errors():
-    with pytest.raises(RuntimeError, match="name is required for a task unless it has attribute _DefaultName"):
+    with pytest.raises(
+        RuntimeError, match="name is required for a task unless it has attribute _DefaultName"
+    ):
         Task()
     with pytest.raises(RuntimeError, match="name is required for a subtask"):
         GrandTask(parentTask=ParentTask())
     task = ParentTask()
     with pytest.raises(KeyError, match="parent's config does not have field 'missing'"):
         task.makeSubtask("missing")
+
     class RequiredConfig(Config):
         value = Field(dtype=int, doc="must be set", default=None)
 
@@ -121,7 +135,9 @@ def test_construction_errors():
         ConfigClass = RequiredConfig
         _DefaultName = "needsValue"
 
-    with pytest.raises(FieldValidationError, match="'value' of RequiredConfig failed validation: Required value"):
+    with pytest.raises(
+        FieldValidationError, match="'value' of RequiredConfig failed validation: Required value"
+    ):
         NeedsValue()  # config.validate() runs on construction
     assert NeedsValue(config=RequiredConfig(value=1)).config.value == 1
 
@@ -150,9 +166,11 @@ def test_timer_and_time_method_metadata_keys():
     assert md["__version__"] == 1 and md["nodeName"] == platform.node()
     assert len([k for k in md.names() if k.startswith("run")]) == 22
     assert md["runStartCpuTime"] <= md["innerStartCpuTime"] <= md["innerEndCpuTime"] <= md["runEndCpuTime"]
-    assert isinstance(md["runStartMaxResidentSetSize"], int) and md["runStartMaxResidentSetSize"] > 2**20  # bytes
+    assert (
+        isinstance(md["runStartMaxResidentSetSize"], int) and md["runStartMaxResidentSetSize"] > 2**20
+    )  # bytes
     utc = datetime.datetime.fromisoformat(md["runStartUtc"])
-    assert utc.tzinfo is not None and abs(utc - datetime.datetime.now(datetime.timezone.utc)).total_seconds() < 60
+    assert utc.tzinfo is not None and abs(utc - datetime.datetime.now(datetime.UTC)).total_seconds() < 60
     assert md.getArray("runStartCpuTime") == [md["runStartCpuTime"]]
 
     task.run(x)  # arrays are appended
@@ -245,8 +263,10 @@ def test_log_info_on_a_plain_object():
     logInfo(holder, "fooStart")
     logInfo(holder, "fooStart")
     assert len(holder.metadata.getArray("fooStartCpuTime")) == 2
-    assert holder.metadata.paramNames(topLevelOnly=True) == {f"fooStart{i}" for i in ITEMS} | {"__version__",
-                                                                                                 "nodeName"}
+    assert holder.metadata.paramNames(topLevelOnly=True) == {f"fooStart{i}" for i in ITEMS} | {
+        "__version__",
+        "nodeName",
+    }
 
 
 def test_disable_timer_env_var(monkeypatch):
@@ -320,8 +340,13 @@ def test_task_metadata_scalars_arrays_nested():
     assert md.paramNames(topLevelOnly=False) == {"a", "b", "arr", "new", "nested.x.y"}
     assert md.keys() == ("b", "arr", "a", "new", "nested")  # scalars, arrays, nested
     assert len(md) == 5 and "nested.x.y" in md and "nested.q" not in md and "zz" not in md
-    assert md.to_dict() == {"b": 2.5, "arr": [1, 2, 3], "a": [1, 5, 6, 7], "new": [True],
-                            "nested": {"x": {"y": "deep"}}}
+    assert md.to_dict() == {
+        "b": 2.5,
+        "arr": [1, 2, 3],
+        "a": [1, 5, 6, 7],
+        "new": [True],
+        "nested": {"x": {"y": "deep"}},
+    }
     assert TaskMetadata.from_dict(md.to_dict()) == md
     md["arr"] = "now a scalar"  # re-assignment removes the other slot
     assert md.getArray("arr") == ["now a scalar"]

@@ -18,8 +18,8 @@ import sys
 import time
 import types
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 from ._config import Config, ConfigurableField
 
@@ -91,7 +91,9 @@ class TaskMetadata:
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
             items = [cls._scalar(v) for v in value]
             if any(v is None for v in items) or len({type(v) for v in items}) > 1:
-                raise ValueError(f"TaskMetadata arrays must hold items of one type (str/int/float/bool): {value!r}")
+                raise ValueError(
+                    f"TaskMetadata arrays must hold items of one type (str/int/float/bool): {value!r}"
+                )
             return "array", items
         raise ValueError(f"TaskMetadata does not support values of type {value!r}.")
 
@@ -234,8 +236,10 @@ class TaskMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested `dict` (arrays as list copies)."""
-        return {k: v.to_dict() if isinstance(v, TaskMetadata) else (list(v) if isinstance(v, list) else v)
-                for k, v in self.items()}
+        return {
+            k: v.to_dict() if isinstance(v, TaskMetadata) else (list(v) if isinstance(v, list) else v)
+            for k, v in self.items()
+        }
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TaskMetadata):
@@ -316,7 +320,10 @@ def _jaxArrays(obj: Any, jax: Any, depth: int = 4) -> list:
         if isinstance(x, types.SimpleNamespace):
             children = list(vars(x).values())
         else:
-            leaves = jax.tree_util.tree_leaves(x)
+            try:
+                leaves = jax.tree_util.tree_leaves(x)
+            except Exception:  # e.g. a dict with unsortable keys
+                leaves = list(x.values()) if isinstance(x, Mapping) else [x]
             if len(leaves) == 1 and leaves[0] is x:
                 if level <= 0 or not hasattr(x, "__dict__") or callable(x):
                     return
@@ -361,8 +368,13 @@ def _rusage() -> dict[str, Any]:
     }
 
 
-def logInfo(obj: Any, prefix: str, logLevel: int = logging.DEBUG, metadata: TaskMetadata | None = None,
-            logger: logging.Logger | None = None) -> None:
+def logInfo(
+    obj: Any,
+    prefix: str,
+    logLevel: int = logging.DEBUG,
+    metadata: TaskMetadata | None = None,
+    logger: logging.Logger | None = None,
+) -> None:
     """Record UTC time, CPU time and resource usage under keys ``<prefix><Item>``.
 
     Items, each appended with `TaskMetadata.add`: ``Utc`` (ISO string, timezone-aware), ``CpuTime``,
@@ -384,7 +396,7 @@ def logInfo(obj: Any, prefix: str, logLevel: int = logging.DEBUG, metadata: Task
     logger : `logging.Logger`, optional
         Logger whose name replaces ``obj.log.name``.
     """
-    values = {"Utc": datetime.datetime.now(datetime.timezone.utc).isoformat(), "CpuTime": time.process_time()}
+    values = {"Utc": datetime.datetime.now(datetime.UTC).isoformat(), "CpuTime": time.process_time()}
     values.update(_rusage())
     if metadata is None:
         metadata = getattr(obj, "metadata", None)
@@ -401,8 +413,13 @@ def logInfo(obj: Any, prefix: str, logLevel: int = logging.DEBUG, metadata: Task
             timerLog.log(logLevel, "%s", "; ".join(f"{prefix}{k}={v}" for k, v in values.items()))
 
 
-def timeMethod(_func: Callable | None = None, *, metadata: TaskMetadata | None = None,
-               logger: logging.Logger | None = None, logLevel: int = logging.DEBUG) -> Callable:
+def timeMethod(
+    _func: Callable | None = None,
+    *,
+    metadata: TaskMetadata | None = None,
+    logger: logging.Logger | None = None,
+    logLevel: int = logging.DEBUG,
+) -> Callable:
     """Decorator recording ``<name>Start*`` / ``<name>End*`` `logInfo` entries around a method.
 
     Before the End entry is written the returned value is waited for (`blockUntilReady`: every JAX
@@ -475,8 +492,14 @@ class Task:
     ConfigClass: ClassVar[type[Config]] = Config
     _DefaultName: ClassVar[str | None] = None
 
-    def __init__(self, config: Config | None = None, *, name: str | None = None,
-                 parentTask: Task | None = None, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        name: str | None = None,
+        parentTask: Task | None = None,
+        log: logging.Logger | None = None,
+    ):
         self.metadata = TaskMetadata()
         self._parentTask = parentTask
         if parentTask is not None:

@@ -24,8 +24,8 @@ import difflib
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping, MutableSequence, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
+from typing import Any
 
 __all__ = [
     "Config",
@@ -81,7 +81,8 @@ def _castScalar(dtype: type, value: Any) -> tuple[bool, Any]:
 
     ``float`` accepts any `numbers.Real` (numpy floats and ints included), ``int`` any
     `numbers.Integral` (numpy ints included, floats rejected), ``complex`` any `numbers.Complex`;
-    `bool` is never accepted for a numeric field, and a `bool` field accepts only `bool`.
+    `bool` is never accepted for a numeric field (stricter than pex_config, which casts ``True`` to
+    ``1``), and a `bool` field accepts only `bool`.
     """
     if dtype is bool or isinstance(value, bool):
         return (dtype is bool and isinstance(value, bool)), value
@@ -171,10 +172,12 @@ class Field:
                 self,
                 instance,
                 f"{what} {value!r} has type {type(value).__name__}, expected {self.dtype.__name__}; "
-                f"assign a {self.dtype.__name__} instead.",
+                f"assign a value of type {self.dtype.__name__} instead.",
             )
         if check is not None and not check(value):
-            raise FieldValidationError(self, instance, f"{what} {value!r} is not a valid value{self._hint()}.")
+            raise FieldValidationError(
+                self, instance, f"{what} {value!r} is not a valid value{self._hint()}."
+            )
         return value
 
     def _hint(self) -> str:
@@ -219,8 +222,18 @@ class RangeField(Field):
 
     supportedTypes = (int, float)
 
-    def __init__(self, dtype, doc, default=None, optional=False, min=None, max=None,
-                 inclusiveMin=True, inclusiveMax=False, deprecated=None):
+    def __init__(
+        self,
+        dtype,
+        doc,
+        default=None,
+        optional=False,
+        min=None,
+        max=None,
+        inclusiveMin=True,
+        inclusiveMax=False,
+        deprecated=None,
+    ):
         self.min, self.max = min, max
         self.inclusiveMin, self.inclusiveMax = inclusiveMin, inclusiveMax
 
@@ -244,8 +257,14 @@ class ChoiceField(Field):
         if not allowed:
             raise ValueError("ChoiceField needs a non-empty 'allowed' mapping.")
         self.allowed = dict(allowed)
-        super().__init__(dtype, doc, default=default, check=self.allowed.__contains__,
-                         optional=optional, deprecated=deprecated)
+        super().__init__(
+            dtype,
+            doc,
+            default=default,
+            check=self.allowed.__contains__,
+            optional=optional,
+            deprecated=deprecated,
+        )
 
     def _hint(self) -> str:
         return f"; choose one of {sorted(self.allowed, key=str)}"
@@ -288,7 +307,7 @@ class _ListProxy(MutableSequence):
     def __eq__(self, other):
         if isinstance(other, (str, bytes)) or not isinstance(other, Sequence):
             return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self._list, other))
+        return len(self) == len(other) and all(a == b for a, b in zip(self._list, other, strict=True))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -309,20 +328,33 @@ class ListField(Field):
         Length constraints, checked by `Config.validate` (as pex_config).
     """
 
-    def __init__(self, dtype, doc, default=None, optional=False, listCheck=None, itemCheck=None,
-                 length=None, minLength=None, maxLength=None, deprecated=None):
+    def __init__(
+        self,
+        dtype,
+        doc,
+        default=None,
+        optional=False,
+        listCheck=None,
+        itemCheck=None,
+        length=None,
+        minLength=None,
+        maxLength=None,
+        deprecated=None,
+    ):
         self.itemCheck, self.listCheck = itemCheck, listCheck
         self.length, self.minLength, self.maxLength = length, minLength, maxLength
         super().__init__(dtype, doc, default=default, optional=optional, deprecated=deprecated)
 
     def _checkItem(self, instance, value, index):
-        return self._checkScalar(instance, value, self.itemCheck, what=f"Item {index} ({value!r}) of the list:")
+        return self._checkScalar(instance, value, self.itemCheck, what=f"Item at position {index} with value")
 
     def _convert(self, instance, value):
         if value is None:
             return None
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise FieldValidationError(self, instance, f"Value {value!r} is not a list; assign a list or tuple.")
+            raise FieldValidationError(
+                self, instance, f"Value {value!r} is not a list; assign a list or tuple."
+            )
         return _ListProxy(instance, self, value)
 
     def _historyValue(self, value):
@@ -378,7 +410,9 @@ class ConfigField(Field):
             value = self.dtype()
         elif type(value) is not self.dtype:
             raise FieldValidationError(
-                self, instance, f"Value {value!r} has type {type(value).__name__}, expected {self.dtype.__name__}."
+                self,
+                instance,
+                f"Value {value!r} has type {type(value).__name__}, expected {self.dtype.__name__}.",
             )
         else:
             value = copy.deepcopy(value)
@@ -457,7 +491,11 @@ class _ConfigurableInstance:
     def __eq__(self, other):
         if not isinstance(other, _ConfigurableInstance):
             return NotImplemented
-        return (self._target, self._ConfigClass, self._value) == (other._target, other._ConfigClass, other._value)
+        return (self._target, self._ConfigClass, self._value) == (
+            other._target,
+            other._ConfigClass,
+            other._value,
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -500,9 +538,13 @@ class ConfigurableField(Field):
 
     def _convert(self, instance, value):
         if isinstance(value, _ConfigurableInstance):
-            return _ConfigurableInstance(instance, self, value.target, value.ConfigClass, copy.deepcopy(value.value))
+            return _ConfigurableInstance(
+                instance, self, value.target, value.ConfigClass, copy.deepcopy(value.value)
+            )
         old = instance._storage.get(self.name)
-        target, ConfigClass = (self.target, self.ConfigClass) if old is None else (old.target, old.ConfigClass)
+        target, ConfigClass = (
+            (self.target, self.ConfigClass) if old is None else (old.target, old.ConfigClass)
+        )
         if value is ConfigClass:
             value = ConfigClass()
         elif not isinstance(value, ConfigClass):
@@ -646,7 +688,9 @@ class ConfigChoiceField(Field):
                 proxy[key] = cfg
             proxy._selection = value.name
         elif value is not None:
-            raise FieldValidationError(self, instance, f"Cannot assign {value!r}; set '.name' or items instead.")
+            raise FieldValidationError(
+                self, instance, f"Cannot assign {value!r}; set '.name' or items instead."
+            )
         return proxy
 
     def _setDefault(self, instance):
@@ -711,7 +755,9 @@ class ConfigParams(Mapping):
             raise AttributeError(f"{self._typeName} params have no field {name!r}") from None
 
     def __setattr__(self, name, value):
-        raise AttributeError(f"{self._typeName} params are immutable; change the Config and call to_params().")
+        raise AttributeError(
+            f"{self._typeName} params are immutable; change the Config and call to_params()."
+        )
 
     def __getitem__(self, key):
         return self._index[key]
@@ -848,7 +894,9 @@ class Config:
 
     def to_params(self) -> ConfigParams:
         """Immutable, hashable snapshot of this config for use as a `jax.jit` static argument."""
-        return ConfigParams(type(self).__name__, tuple((n, f._toParams(self)) for n, f in self._fields.items()))
+        return ConfigParams(
+            type(self).__name__, tuple((n, f._toParams(self)) for n, f in self._fields.items())
+        )
 
     def _flat(self, prefix: str = "", targets: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -867,8 +915,14 @@ class Config:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def compare(self, other: Config, shortcut: bool = True, rtol: float = 1e-8, atol: float = 1e-8,
-                output: Callable[[str], Any] | None = None) -> bool:
+    def compare(
+        self,
+        other: Config,
+        shortcut: bool = True,
+        rtol: float = 1e-8,
+        atol: float = 1e-8,
+        output: Callable[[str], Any] | None = None,
+    ) -> bool:
         """Compare two configs field by field (floats with tolerance; NaN equals NaN).
 
         Parameters

@@ -72,8 +72,14 @@ class InsufficientKernelSourcesError(PsfMatchingError):
 
     defaultMessage = "Cannot compute PSF matching kernel: too few sources selected."
 
-    def __init__(self, message: str | None = None, *, nSources: int | None = None,
-                 nRequired: int | None = None, metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        nSources: int | None = None,
+        nRequired: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
         metadata = dict(metadata or {})
         if nSources is not None and nRequired is not None:
             metadata.update(nSources=int(nSources), nRequired=int(nRequired))

@@ -23,7 +23,9 @@ Deviations from LSST's ``ip_diffim`` (2021-2023 ``zogy.py``), each deliberate:
   (noise levels, F_D, border size, cell count, the two calibration factors below); LSST's ZOGY run
   wrote no metadata.
 * Pixels that are non-finite in either input are flagged ``NO_DATA`` in the output masks (LSST
-  kept them unflagged).
+  kept them unflagged), and the band of half a PSF box along the image edges is flagged ``EDGE``:
+  sources there are truncated by the edge, differently in the two images, so their residuals are
+  not noise (detection should skip EDGE pixels; the values are kept).
 * Two optional noise calibrations, off by default for LSST parity: ``doScaleVariance`` rescales each
   input variance plane to the measured pixel noise, and ``doNormalizeScore`` divides S_corr by its
   robust standard deviation.
@@ -103,11 +105,47 @@ class ZogyTask(Task):
         variance = jnp.where(bad, varStats.mean, variance)
         scale = jnp.asarray(1.0, image.dtype)
         if self.config.doScaleVariance:
+            # ScaleVarianceTask idea: the variance of (image / sqrt(variance)) over sky pixels.
+            # Sky pixels: usable, and variance not raised by source photon noise; the 3-sigma
+            # clipped variance then removes what remains of the sources.
+            sky = good & (variance > 0) & (
+                variance <= varStats.mean * (1 + 1e-6) + 3 * jnp.sqrt(varStats.variance))
             ratio = (image - imStats.median) / jnp.sqrt(jnp.where(variance > 0, variance, 1.0))
-            scale = robust_std(ratio, good & (variance > 0)) ** 2
+            scale = clipped_stats(ratio, sky).variance
             variance = variance * scale
         return Struct(image=image, variance=variance, mask=marr, bad=bad, good=good, flux=flux,
                       varianceScale=scale, what=what)
+
+    def _fitFluxRatioShift(self, p1, p2, psf1, psf2):
+        """Fit beta = F_n/F_r and/or the science-template shift; update ``p1``/``p2`` in place."""
+        from ..zogy_fit import fit_flux_ratio_shift, fourier_shift
+
+        cfg = self.config
+        noise1 = clipped_stats(p1.variance, p1.good).mean
+        noise2 = clipped_stats(p2.variance, p2.good).mean
+        fit = fit_flux_ratio_shift(p1.image, p2.image, jnp.asarray(psf1, p1.image.dtype),
+                                   jnp.asarray(psf2, p1.image.dtype), noise1, noise2, p1.good & p2.good,
+                                   fit_shift=bool(cfg.doFitShift), snr_min=float(cfg.fitSnrMin))
+        fit = jax.device_get(fit)
+        if int(fit.n_used) == 0 or not np.isfinite(float(fit.flux_ratio)) or float(fit.flux_ratio) <= 0:
+            msg = (
+                f"flux-ratio/shift fit failed: {int(fit.n_used)} pixels above fitSnrMin={cfg.fitSnrMin} "
+                f"(beta = {float(fit.flux_ratio)}); lower config.fitSnrMin, or give the flux scalings "
+                "and switch doFitFluxRatio/doFitShift off"
+            )
+            raise ValueError(msg)
+        out = {"fitNumPixels": int(fit.n_used)}
+        if cfg.doFitFluxRatio:
+            p1.flux, p2.flux = float(fit.flux_ratio), 1.0
+            out.update(fittedFluxRatio=float(fit.flux_ratio), fittedFluxRatioErr=float(fit.flux_ratio_err))
+        if cfg.doFitShift:
+            shift = jnp.asarray(fit.shift, p2.image.dtype)
+            p2.image = fourier_shift(p2.image, shift)
+            p2.variance = jnp.maximum(fourier_shift(p2.variance, shift), 0)
+            out.update(fittedShiftX=float(fit.shift[0]), fittedShiftY=float(fit.shift[1]),
+                       fittedShiftXErr=float(fit.shift_err[0]), fittedShiftYErr=float(fit.shift_err[1]))
+        self.log.info("ZOGY fit: %s", out)
+        return out
 
     def _psfArrays(self, exposure, positions):
         return np.stack([kernel_array(exposure.getPsf(), pos) for pos in positions])
@@ -192,6 +230,8 @@ class ZogyTask(Task):
         p1 = self._prepare(exposure1, cfg.scienceFluxScaling, "exposure1")
         p2 = self._prepare(exposure2, cfg.templateFluxScaling, "exposure2")
 
+        fitted = self._fitFluxRatioShift(p1, p2, p1c, p2c) if (cfg.doFitFluxRatio or cfg.doFitShift) else {}
+
         from ..zogy_grid import cell_noise_variances, zogy_cells
 
         noise1 = cell_noise_variances(p1.variance, p1.good, cell_shape=(ch, cw), n_cells=(ny, nx))
@@ -213,6 +253,13 @@ class ZogyTask(Task):
         nonfinite1 = ~(jnp.isfinite(jnp.asarray(exposure1.image.array)) & jnp.isfinite(jnp.asarray(exposure1.variance.array)))
         nonfinite2 = ~(jnp.isfinite(jnp.asarray(exposure2.image.array)) & jnp.isfinite(jnp.asarray(exposure2.variance.array)))
         outMask = jnp.where(nonfinite1 | nonfinite2, outMask | noData, outMask)
+        # sources within half a PSF box of the edge are truncated by it, differently in the two
+        # images: their residuals are not noise, so flag that band EDGE (not done by LSST's ZOGY)
+        edgeY = max(psf1.shape[1], psf2.shape[1]) // 2
+        edgeX = max(psf1.shape[2], psf2.shape[2]) // 2
+        rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+        inEdge = (rows < edgeY) | (rows >= height - edgeY) | (cols < edgeX) | (cols >= width - edgeX)
+        outMask = jnp.where(inEdge, outMask | mask_bits(exposure1.getMask(), ["EDGE"]), outMask)
 
         outDtype = np.dtype(exposure1.getMaskedImage().dtype)
         diff = res.difference.astype(outDtype)
@@ -273,6 +320,8 @@ class ZogyTask(Task):
                 filterLabel=exposure1.getFilter(), metadata=exposure1.getMetadata(),
             )
 
+        for k, v in fitted.items():
+            self.metadata[k] = v
         self.metadata["borderSize"] = border
         self.metadata["nCells"] = nx * ny
         for k, v in scalars.items():

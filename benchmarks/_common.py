@@ -1,0 +1,292 @@
+"""Helpers shared by the benchmark scripts: synthetic scenes, quality metrics, memory probes.
+
+Only the standard library, numpy and scipy are imported here, so this module also works in
+the separate peer virtual environment (which has no jax).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage, special
+
+# --------------------------------------------------------------------------------------
+# synthetic pair
+
+
+@dataclass
+class PairMeta:
+    size: int
+    seed: int
+    sigma_ref: float
+    sigma_new: float
+    psf_size: int
+    flux_ratio: float  # F_new / F_ref
+    sky_var_new: float
+    sky_var_ref: float
+    n_stars: int
+    transients_yx: list  # [[y, x], ...] integer pixel positions
+    transients_snr: list
+    n_sky_pixels: int
+    gen_seconds: float
+
+
+def _pixel_profiles(centres: np.ndarray, sigma: float, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-integrated 1-D Gaussian profiles on a (2 half + 1)-pixel window per centre.
+
+    Returns (first pixel index of each window, profiles of shape (n, 2 half + 1)).
+    """
+    start = np.rint(centres).astype(np.int64) - half
+    edges = start[:, None] + np.arange(2 * half + 2)[None, :] - 0.5
+    cdf = special.ndtr((edges - centres[:, None]) / sigma)
+    return start, np.diff(cdf, axis=1)
+
+
+def render_stars(shape, y, x, flux, sigma, half) -> np.ndarray:
+    """Sum of pixel-integrated circular Gaussians (separable erf profiles), float64.
+
+    Each star is the outer product of two 1-D profiles on a (2 half + 1)² window,
+    accumulated with one ``np.bincount`` (fast: no Python loop over stars).
+    """
+    h, w = shape
+    y0, py = _pixel_profiles(np.asarray(y, float), sigma, half)
+    x0, px = _pixel_profiles(np.asarray(x, float), sigma, half)
+    k = 2 * half + 1
+    rows = y0[:, None, None] + np.arange(k)[None, :, None] + half  # offset into padded canvas
+    cols = x0[:, None, None] + np.arange(k)[None, None, :] + half
+    wts = flux[:, None, None] * py[:, :, None] * px[:, None, :]
+    hp, wp = h + 2 * half, w + 2 * half
+    canvas = np.bincount((rows * wp + cols).ravel(), weights=wts.ravel(), minlength=hp * wp)
+    return canvas.reshape(hp, wp)[half : half + h, half : half + w]
+
+
+def gaussian_psf_stamp(sigma: float, size: int) -> np.ndarray:
+    """Centred pixel-integrated Gaussian stamp of odd ``size``, normalised to sum 1."""
+    half = size // 2
+    _, p = _pixel_profiles(np.array([float(half)]), sigma, half)
+    stamp = np.outer(p[0], p[0])
+    return stamp / stamp.sum()
+
+
+def make_pair(
+    size: int,
+    *,
+    seed: int = 0,
+    sigma_ref: float = 1.5,
+    sigma_new: float = 2.2,
+    psf_size: int = 25,
+    stars_per_mpix: float = 400.0,
+    flux_ratio: float = 1.1,
+    sky_var_new: float = 200.0,
+    sky_var_ref: float = 100.0,
+    n_transients: int = 10,
+    snr_range: tuple[float, float] = (7.0, 50.0),
+) -> tuple[dict, PairMeta]:
+    """Synthetic registered, background-subtracted pair (float64 numpy arrays).
+
+    Reference (template) flux scale F_ref = 1, new (science) F_new = ``flux_ratio``.
+    Per-pixel variance = sky + source (gain 1).  Star fluxes are log-uniform in
+    [1e2, 1e5] e⁻ (reference scale).  ``n_transients`` point sources appear in the new
+    image only, with optimal S/N log-uniform in ``snr_range`` against the new image's sky
+    noise, at least 60 px from the edges.  ``sky`` is a boolean mask of pixels free of
+    source light (both noiseless models below 1% of the sky sigma), at least 3 PSF stamps
+    from the edges and 20 px from any transient: used for S_corr mean/std.
+    """
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    shape = (size, size)
+    half = psf_size // 2
+    n_stars = int(round(stars_per_mpix * size * size / 1e6))
+    ys, xs = rng.uniform(-0.5, size - 0.5, (2, n_stars))
+    flux = 10 ** rng.uniform(2.0, 5.0, n_stars)
+    model_ref = render_stars(shape, ys, xs, flux, sigma_ref, half)
+    model_new = flux_ratio * render_stars(shape, ys, xs, flux, sigma_new, half)
+
+    psf_ref = gaussian_psf_stamp(sigma_ref, psf_size)
+    psf_new = gaussian_psf_stamp(sigma_new, psf_size)
+    ty, tx = rng.integers(60, size - 60, (2, n_transients))
+    snr = np.exp(rng.uniform(np.log(snr_range[0]), np.log(snr_range[1]), n_transients))
+    t_flux = snr * np.sqrt(sky_var_new) / np.sqrt(np.sum(psf_new**2))  # optimal S/N, sky-limited
+    model_new = model_new + render_stars(shape, ty.astype(float), tx.astype(float), t_flux, sigma_new, half)
+
+    var_ref = sky_var_ref + model_ref
+    var_new = sky_var_new + model_new
+    ref = model_ref + np.sqrt(var_ref) * rng.standard_normal(shape)
+    new = model_new + np.sqrt(var_new) * rng.standard_normal(shape)
+
+    sky = (model_ref < 0.01 * np.sqrt(sky_var_ref)) & (model_new < 0.01 * np.sqrt(sky_var_new))
+    m = 3 * psf_size
+    sky[:m, :] = sky[-m:, :] = sky[:, :m] = sky[:, -m:] = False
+    for y, x in zip(ty, tx):
+        sky[max(y - 20, 0) : y + 21, max(x - 20, 0) : x + 21] = False
+
+    arrays = dict(new=new, ref=ref, var_new=var_new, var_ref=var_ref, psf_new=psf_new, psf_ref=psf_ref, sky=sky)
+    meta = PairMeta(size, seed, sigma_ref, sigma_new, psf_size, flux_ratio, sky_var_new, sky_var_ref, n_stars,
+                    [[int(y), int(x)] for y, x in zip(ty, tx)], [float(s) for s in snr], int(sky.sum()),
+                    time.perf_counter() - t0)  # fmt: skip
+    return arrays, meta
+
+
+def save_pair(directory: Path, arrays: dict, meta: PairMeta) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for k, v in arrays.items():
+        np.save(directory / f"{k}.npy", v)
+    (directory / "meta.json").write_text(json.dumps(asdict(meta)))
+
+
+def load_pair(directory: Path, dtype=np.float64) -> tuple[dict, dict]:
+    meta = json.loads((Path(directory) / "meta.json").read_text())
+    arrays = {}
+    for k in ("new", "ref", "var_new", "var_ref", "psf_new", "psf_ref", "sky"):
+        a = np.load(Path(directory) / f"{k}.npy")
+        arrays[k] = a if k == "sky" else np.ascontiguousarray(a, dtype=dtype)
+    return arrays, meta
+
+
+# --------------------------------------------------------------------------------------
+# quality
+
+
+def scorr_quality(scorr, sky, meta, *, threshold: float = 5.0, match_radius: float = 3.0) -> dict:
+    """Sky mean/std of S_corr, transients recovered and false positives (|S_corr| > threshold).
+
+    Detections are connected regions of |S_corr| > threshold (both signs, so fading
+    residuals count), located at their |S_corr| maximum, ignoring a border of 3 PSF
+    stamps.  A transient is found when a detection lies within ``match_radius`` pixels.
+    """
+    scorr = np.asarray(scorr, np.float64)
+    finite = np.isfinite(scorr)
+    vals = scorr[sky & finite]
+    out = {"sky_mean": float(vals.mean()), "sky_std": float(vals.std()), "n_nonfinite": int((~finite).sum())}
+    a = np.where(finite, np.abs(scorr), 0.0)
+    m = 3 * meta["psf_size"]
+    a[:m, :] = a[-m:, :] = a[:, :m] = a[:, -m:] = 0
+    lab, n = ndimage.label(a > threshold)
+    pos = np.array(ndimage.maximum_position(a, lab, range(1, n + 1)), float).reshape(-1, 2)
+    tr = np.array(meta["transients_yx"], float).reshape(-1, 2)
+    if n and len(tr):
+        d = np.hypot(pos[:, None, 0] - tr[None, :, 0], pos[:, None, 1] - tr[None, :, 1])
+        found = int((d.min(axis=0) <= match_radius).sum())
+        fp = int((d.min(axis=1) > match_radius).sum())
+    else:
+        found, fp = 0, n
+    out.update(transients_found=found, n_transients=len(tr), false_positives=fp)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# memory probes (Linux /proc)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def rss_bytes() -> int:
+    """Current resident set size (VmRSS)."""
+    return _status_kib("VmRSS") * 1024
+
+
+def hwm_bytes() -> int:
+    """Peak resident set size since start or the last :func:`reset_peak` (VmHWM)."""
+    return _status_kib("VmHWM") * 1024
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so RSS reflects live data."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return hwm_bytes() <= rss_bytes() + (1 << 20)
+
+
+class PeakMemory:
+    """Context manager: peak RSS increase over the RSS at entry (bytes), in ``.increase``."""
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        trim_heap()
+        self.start = rss_bytes()
+        self.reset_ok = reset_peak()
+        return self
+
+    def __exit__(self, *exc):
+        self.peak = hwm_bytes()
+        self.increase = self.peak - self.start
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# environment
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mem_total_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            m = re.search(r"MemTotal:\s+(\d+)", f.read())
+            return int(m.group(1)) / 2**20
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def environment() -> dict:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": cores,
+        "ram_gib": round(mem_total_gib(), 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def timed(fn, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn`` (the caller warms up first)."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out

@@ -1,0 +1,719 @@
+#!/usr/bin/env python
+"""Benchmark ``jaxdiff.zogy`` against the FFT floor, a float64 numpy oracle and peer codes.
+
+Usage (full run, ~15-25 minutes on a 2-core machine)::
+
+    python benchmarks/bench_zogy.py --sizes 1024 2048 4096 --dtypes float32 float64 --repeats 3 \
+        --peers properimage,pyzogy,oracle,numpyref --write-readme
+
+Every measurement runs in a child process, so the driver's own memory and caches never
+interfere: one "jax" worker per (size, dtype) times the FFT floor, jaxdiff (per-pixel and
+scalar variances), the oracle and the tests' numpy reference in that one process; one fresh
+"mem" worker per (size, dtype, variant) measures the peak RSS increase of one call; peers
+run in their own virtual environment (``--peer-python``), one fresh process per (peer, size).
+See benchmarks/README.md for what is measured and the caveats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _common import (  # noqa: E402
+    PeakMemory,
+    environment,
+    load_pair,
+    make_pair,
+    save_pair,
+    scorr_quality,
+    timed,
+)
+
+README = HERE / "README.md"
+RESULTS_START = "<!-- RESULTS START (written by bench_zogy.py --write-readme) -->"
+RESULTS_END = "<!-- RESULTS END -->"
+PEERS_MD = {  # median seconds per call from /work/shared/research/peers.md (NOT this run)
+    1024: {"oracle": 0.16, "vreeswijk": 1.64, "mirar": 1.54, "pyzogy_dguevel": 6.2, "properimage": 9.8},
+    2048: {"oracle": 0.93, "vreeswijk": 4.5, "mirar": 7.3, "pyzogy_dguevel": 28.7, "properimage": 43.0},
+    4096: {"oracle": 4.96, "vreeswijk": 41.4, "mirar": 43.9, "pyzogy_dguevel": 118.0, "properimage": 226.0},
+}
+PEER_NAMES = ("properimage", "pyzogy")
+ALL_PEERS = ("properimage", "pyzogy", "oracle", "numpyref")
+
+
+# ======================================================================================
+# the oracle: the paper's equations, float64, scipy.fft (2 workers), full complex fft2
+
+
+def zogy_oracle(new, ref, psf_new, psf_ref, var_new, var_ref, *, noise_new, noise_ref, f_new, f_ref, fft_shape,
+                workers=2):  # fmt: skip
+    """Plain ZOGY (Zackay, Ofek & Gal-Yam 2016), per-pixel variance, no astrometric term.
+
+    Same padding as ``jaxdiff.zogy`` (reflect, image at offset (fft - n) // 2); PSF centre
+    pixel at the grid origin.  Returns D, V_D, S, V_S, S_corr (all float64).  18 full fft2.
+    """
+    import scipy.fft as sfft
+
+    fft, ifft = functools.partial(sfft.fft2, workers=workers), functools.partial(sfft.ifft2, workers=workers)
+    (h, w), (fh, fw) = new.shape, fft_shape
+    y0, x0 = (fh - h) // 2, (fw - w) // 2
+    pad = functools.partial(np.pad, pad_width=((y0, fh - h - y0), (x0, fw - w - x0)), mode="reflect")
+    crop = lambda a: a[y0 : y0 + h, x0 : x0 + w]  # noqa: E731
+    real_ifft = lambda a: ifft(a).real  # noqa: E731
+
+    def otf(p):
+        big = np.zeros(fft_shape)
+        big[np.ix_((np.arange(p.shape[0]) - p.shape[0] // 2) % fh, (np.arange(p.shape[1]) - p.shape[1] // 2) % fw)] = p / p.sum()
+        return fft(big)
+
+    N, R, Vn, Vr = (fft(pad(np.asarray(a, np.float64))) for a in (new, ref, var_new, var_ref))
+    Pn, Pr = otf(psf_new), otf(psf_ref)
+    den = noise_new * f_ref**2 * np.abs(Pr) ** 2 + noise_ref * f_new**2 * np.abs(Pn) ** 2  # eqs. 12-13
+    f_d = f_new * f_ref / np.sqrt(noise_new * f_ref**2 + noise_ref * f_new**2)  # eq. 15
+    c1, c2 = f_ref * Pr / np.sqrt(den), f_new * Pn / np.sqrt(den)  # eq. 13
+    k1 = f_new * f_ref**2 * np.conj(Pn) * np.abs(Pr) ** 2 / den  # eq. 12 (and 28-29)
+    k2 = f_ref * f_new**2 * np.conj(Pr) * np.abs(Pn) ** 2 / den
+    D = crop(real_ifft(c1 * N - c2 * R)) / f_d
+    S = crop(real_ifft(k1 * N - k2 * R))
+    V_D = crop(real_ifft(fft(real_ifft(c1) ** 2) * Vn + fft(real_ifft(c2) ** 2) * Vr)) / f_d**2  # eq. 26, maps
+    V_S = crop(real_ifft(fft(real_ifft(k1) ** 2) * Vn + fft(real_ifft(k2) ** 2) * Vr))
+    return D, V_D, S, V_S, S / np.sqrt(V_S)  # eq. 25
+
+
+def oracle_fft_shape(image_shape, psf_shape):
+    """Same grid as jaxdiff's default (imported lazily so peers' venv needs no jaxdiff)."""
+    sys.path.insert(0, str(REPO))
+    from jaxdiff.zogy import default_fft_shape
+
+    return default_fft_shape(image_shape, psf_shape, psf_shape)
+
+
+def _oracle_call(a, meta, fft_shape):
+    return zogy_oracle(a["new"], a["ref"], a["psf_new"], a["psf_ref"], a["var_new"], a["var_ref"],
+                       noise_new=meta["sky_var_new"], noise_ref=meta["sky_var_ref"], f_new=meta["flux_ratio"],
+                       f_ref=1.0, fft_shape=fft_shape)  # fmt: skip
+
+
+def _numpyref_call(a, meta, fft_shape):
+    sys.path.insert(0, str(REPO))
+    from tests.reference.zogy_numpy import zogy_reference
+
+    return zogy_reference(a["new"], a["ref"], a["psf_new"], a["psf_ref"], a["var_new"], a["var_ref"],
+                          new_noise_var=meta["sky_var_new"], ref_noise_var=meta["sky_var_ref"],
+                          f_new=meta["flux_ratio"], f_ref=1.0, fft_shape=fft_shape)  # fmt: skip
+
+
+def _median(ts):
+    return float(np.median(ts)) if ts else None
+
+
+def _interior_rms(a, b, border):
+    d = np.asarray(a, np.float64)[border:-border, border:-border] - np.asarray(b, np.float64)[border:-border, border:-border]
+    return float(np.sqrt(np.mean(d**2)))
+
+
+# ======================================================================================
+# workers (each runs in its own process; results go to --out as JSON)
+
+
+def _jax_setup(dtype):
+    import jax
+
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, str(REPO))
+    return jax
+
+
+def _zogy_args(jax, dev, meta, variant):
+    vn, vr = (dev["var_new"], dev["var_ref"]) if variant == "pixel" else (meta["sky_var_new"], meta["sky_var_ref"])
+    kw = dict(new_noise_var=meta["sky_var_new"], ref_noise_var=meta["sky_var_ref"], f_new=meta["flux_ratio"], f_ref=1.0)
+    return (dev["new"], dev["ref"], dev["psf_new"], dev["psf_ref"], vn, vr), kw
+
+
+def _hlo_summary(text, dtype):
+    """FFT ops in the lowered StableHLO, and whether f64 / complex<f64> appear in float32 mode."""
+    import re
+
+    ffts = re.findall(r"stablehlo\.fft.*?type\s*=\s*(\w+).*?:\s*\(tensor<([^>]*)>", text)
+    counts = {}
+    for kind, shape in ffts:
+        key = f"{kind} {shape}"
+        counts[key] = counts.get(key, 0) + 1
+    out = {"fft_ops": counts, "n_fft_ops": len(ffts)}
+    if dtype == "float32":
+        out["f64_mentions"] = len(re.findall(r"\bf64\b|complex<f64>", text))
+    return out
+
+
+def worker_jax(args):
+    jax = _jax_setup(args.dtype)
+    import jax.numpy as jnp
+    import scipy.fft as sfft
+
+    from jaxdiff.zogy import default_fft_shape, zogy
+
+    dtype = np.dtype(args.dtype)
+    a, meta = load_pair(args.data, dtype)
+    rep = args.repeats
+    res = {"size": meta["size"], "dtype": args.dtype, "backend": jax.default_backend(),
+           "device": str(jax.devices()[0]), "x64": bool(jax.config.jax_enable_x64)}  # fmt: skip
+    fft_shape = default_fft_shape(a["new"].shape, a["psf_new"].shape, a["psf_ref"].shape)
+    res["fft_shape"] = list(fft_shape)
+
+    # (1) FFT floor: one rfft2 of the image size, and of the padded grid zogy uses
+    rfft = jax.jit(jnp.fft.rfft2)
+    for label, shape in (("", a["new"].shape), ("_grid", fft_shape)):
+        x = jnp.asarray(np.resize(a["new"], shape) if shape != a["new"].shape else a["new"])
+        rfft(x).block_until_ready()
+        res[f"rfft2_jnp{label}_s"] = _median(timed(lambda: rfft(x).block_until_ready(), max(rep, 7)))
+        del x
+    sfft.rfft2(a["new"], workers=2)
+    res["rfft2_scipy_s"] = _median(timed(lambda: sfft.rfft2(a["new"], workers=2), max(rep, 7)))
+
+    # (2) jaxdiff zogy, per-pixel and scalar variances
+    dev = {k: jax.device_put(v) for k, v in a.items() if k != "sky"}
+    jax.block_until_ready(dev)
+    scorr = {}
+    for variant in ("pixel", "scalar"):
+        zargs, kw = _zogy_args(jax, dev, meta, variant)
+        call = lambda: jax.block_until_ready(zogy(*zargs, **kw))  # noqa: E731
+        wrapped = jax.jit(functools.partial(zogy, **kw))
+        t0 = time.perf_counter()
+        lowered = wrapped.lower(*zargs)
+        t1 = time.perf_counter()
+        lowered.compile()
+        t2 = time.perf_counter()
+        res[f"{variant}_trace_s"], res[f"{variant}_compile_s"] = t1 - t0, t2 - t1
+        res[f"{variant}_hlo"] = _hlo_summary(lowered.as_text(), args.dtype)
+        del lowered, wrapped
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        out = call()
+        res[f"{variant}_first_call_s"] = time.perf_counter() - t0
+        call()  # one more warm-up
+        ts = timed(call, rep)
+        res[f"{variant}_warm_s"], res[f"{variant}_warm_all_s"] = _median(ts), ts
+        res[f"{variant}_over_rfft2"] = res[f"{variant}_warm_s"] / res["rfft2_jnp_s"]
+        out = call()
+        scorr[variant] = np.asarray(out.score_corr, np.float64)
+        res[f"{variant}_quality"] = scorr_quality(scorr[variant], a["sky"], meta)
+        res[f"{variant}_out_dtype"] = str(out.score_corr.dtype)
+        del out
+    if args.profile:
+        res["profile"] = _profile_jax(jax, jnp, zogy, dev, meta, rep)
+    del dev
+
+    # (4) oracle and (5) the tests' numpy reference, float64, same process
+    a64, _ = load_pair(args.data, np.float64)
+    border = 3 * meta["psf_size"]
+    ofile = Path(args.data) / "oracle_scorr.npy"
+    if args.oracle:
+        out = _oracle_call(a64, meta, fft_shape)
+        ts = timed(lambda: _oracle_call(a64, meta, fft_shape), rep)
+        res["oracle_warm_s"], res["oracle_warm_all_s"] = _median(ts), ts
+        res["oracle_quality"] = scorr_quality(out[4], a64["sky"], meta)
+        np.save(ofile, out[4])
+        del out
+    if ofile.exists():
+        o = np.load(ofile)
+        for variant in scorr:
+            res[f"{variant}_scorr_rms_vs_oracle"] = _interior_rms(scorr[variant], o, border)
+        del o
+    if args.numpyref:
+        t0 = time.perf_counter()
+        out = _numpyref_call(a64, meta, fft_shape)
+        res["numpyref_s"] = time.perf_counter() - t0
+        res["numpyref_quality"] = scorr_quality(out["score_corr"], a64["sky"], meta)
+        res["pixel_scorr_rms_vs_numpyref"] = _interior_rms(scorr["pixel"], out["score_corr"], border)
+    return res
+
+
+def _profile_jax(jax, jnp, zogy, dev, meta, rep):
+    """Extra timings that help locate cost: no score, and FFT counts in the compiled HLO."""
+    out = {}
+    for variant in ("pixel", "scalar"):
+        zargs, kw = _zogy_args(jax, dev, meta, variant)
+        call = lambda: jax.block_until_ready(zogy(*zargs, calculate_score=False, **kw))  # noqa: E731
+        call()
+        out[f"{variant}_noscore_warm_s"] = _median(timed(call, rep))
+        compiled = jax.jit(functools.partial(zogy, **kw)).lower(*zargs).compile()
+        txt = compiled.as_text()
+        import re
+
+        out[f"{variant}_compiled_fft_ops"] = len(re.findall(r"= \S+ fft\(", txt))
+        out[f"{variant}_compiled_c128"] = len(re.findall(r"\bc128\[", txt))
+        out[f"{variant}_compiled_f64"] = len(re.findall(r"\bf64\[", txt))
+    return out
+
+
+def worker_mem(args):
+    """Peak RSS increase of ONE call in a fresh process (inputs already on the device, compiled AOT)."""
+    res = {"variant": args.variant, "dtype": args.dtype}
+    if args.variant == "oracle":
+        a, meta = load_pair(args.data, np.float64)
+        fft_shape = oracle_fft_shape(a["new"].shape, a["psf_new"].shape)
+        with PeakMemory() as pm:
+            out = _oracle_call(a, meta, fft_shape)
+        del out
+    else:
+        jax = _jax_setup(args.dtype)
+        from jaxdiff.zogy import zogy
+
+        a, meta = load_pair(args.data, np.dtype(args.dtype))
+        dev = {k: jax.device_put(v) for k, v in a.items() if k != "sky"}
+        jax.block_until_ready(dev)
+        del a  # the device copies are the inputs
+        zargs, kw = _zogy_args(jax, dev, meta, args.variant)
+        compiled = jax.jit(functools.partial(zogy, **kw)).lower(*zargs).compile()
+        with PeakMemory() as pm:
+            out = jax.block_until_ready(compiled(*zargs))
+        res["output_bytes"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(out)))
+        del out
+    res.update(start_rss=pm.start, peak_rss=pm.peak, increase=pm.increase, reset_ok=pm.reset_ok)
+    return res
+
+
+def worker_peer(args):
+    """One peer, one size, fresh process; runs in the peer venv (numpy/scipy only here)."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    a, meta = load_pair(args.data, np.float64)
+    fr = meta["flux_ratio"]
+    res = {"peer": args.peer, "size": meta["size"]}
+    if args.peer == "pyzogy":
+        import importlib.util
+
+        import mirar
+
+        path = os.path.join(os.path.dirname(mirar.__file__), "processors", "zogy", "pyzogy.py")
+        spec = importlib.util.spec_from_file_location("mirar_pyzogy", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # the module only; mirar's package __init__ pulls in pandas, torch, ...
+        res["version"] = getattr(mirar, "__version__", None) or _dist_version("mirar")
+        # pyzogy expects gain-matched images: divide the new image and its sigma by F_n/F_r
+        inputs = (a["new"] / fr, a["ref"], a["psf_new"], a["psf_ref"], np.sqrt(a["var_new"]) / fr,
+                  np.sqrt(a["var_ref"]), np.sqrt(meta["sky_var_new"]) / fr, np.sqrt(meta["sky_var_ref"]))  # fmt: skip
+
+        def run():
+            args_ = [x.copy() if isinstance(x, np.ndarray) else x for x in inputs]  # it edits inputs in place
+            return mod.pyzogy(*args_, dx=0.0, dy=0.0)[2]
+    elif args.peer == "properimage":
+        from properimage import operations
+        from properimage.single_image import SingleImage
+
+        res["version"] = _dist_version("properimage")
+
+        class GivenPSF(SingleImage):
+            """SingleImage whose PSF is given (properimage only estimates PSFs; this overrides
+            the one method subtract() asks for the PSF, returning the true stamp)."""
+
+            def __init__(self, img, psf, **kw):
+                self._given_psf = np.asarray(psf, np.float64)
+                super().__init__(img, **kw)
+
+            def get_variable_psf(self, inf_loss=None, shape=None):
+                return [[None], [self._given_psf.copy()]]
+
+        def run():  # defaults: fits beta (flux ratio) and shift; uses its own V = data + 1
+            ref, new = GivenPSF(a["ref"], a["psf_ref"]), GivenPSF(a["new"], a["psf_new"])
+            try:
+                return operations.subtract(ref=ref, new=new, fitted_psf=False)[2]
+            finally:
+                for si in (ref, new):
+                    try:
+                        si._clean()
+                    except Exception:  # noqa: BLE001
+                        pass
+    else:
+        raise SystemExit(f"unknown peer {args.peer}")
+    ts = []
+    for i in range(args.repeats):
+        if i == 0:
+            with PeakMemory() as pm:
+                t0 = time.perf_counter()
+                s = run()
+                ts.append(time.perf_counter() - t0)
+            res.update(mem_increase=pm.increase, mem_reset_ok=pm.reset_ok)
+        else:
+            t0 = time.perf_counter()
+            s = run()
+            ts.append(time.perf_counter() - t0)
+    res["times_s"] = ts
+    res["median_s"] = _median(ts)
+    res["quality"] = scorr_quality(np.real(s), a["sky"], meta)
+    return res
+
+
+def _dist_version(name):
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ======================================================================================
+# driver
+
+
+def _run_child(argv, python, timeout, label):
+    """Run one worker; return its JSON dict, or {'error': ...} / {'error': 'timeout'}."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [python, str(Path(__file__).resolve()), *argv, "--out", out]
+    t0 = time.perf_counter()
+    print(f"  [{label}] ...", end="", flush=True)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    except subprocess.TimeoutExpired:
+        print(f" timeout after {timeout:.0f} s", flush=True)
+        return {"error": "timeout", "timeout_s": timeout}
+    dt = time.perf_counter() - t0
+    try:
+        res = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        print(f" FAILED rc={p.returncode}: {' | '.join(tail)}", flush=True)
+        return {"error": f"rc={p.returncode}: {' | '.join(tail)}"}
+    finally:
+        Path(out).unlink(missing_ok=True)
+    print(f" {dt:.1f} s", flush=True)
+    return res
+
+
+def _versions(python):
+    code = ("import json,importlib.metadata as m\nout={}\n"
+            "for n in ('jax','jaxlib','numpy','scipy','astropy','properimage','mirar','pyFFTW','sep'):\n"
+            "    try: out[n]=m.version(n)\n    except Exception: pass\nprint(json.dumps(out))")  # fmt: skip
+    try:
+        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+
+
+def _fmt(x, nd=3):
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.{nd}f}" if x >= 0.01 else f"{x:.4f}"
+
+
+def _peer_cell(r):
+    if r is None:
+        return "—"
+    if "error" in r:
+        return "timeout" if r["error"] == "timeout" else "failed"
+    return _fmt(r["median_s"])
+
+
+def build_report(env, versions, peer_versions, results, args) -> tuple[str, list[str]]:
+    lines = []
+    lines.append(f"Run {env['date']} — `{' '.join(['python benchmarks/bench_zogy.py', *sys.argv[1:]])}`\n")
+    lines.append(f"- CPU: {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM; {env['platform']}")
+    lines.append(f"- load average at start / end: {' '.join(f'{x:.2f}' for x in env['loadavg'])} / "
+                 f"{' '.join(f'{x:.2f}' for x in env['loadavg_end'])}")  # fmt: skip
+    lines.append(f"- Python {env['python']}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if peer_versions:
+        lines.append("- peer venv: " + ", ".join(f"{k} {v}" for k, v in peer_versions.items()))
+    j0 = next((r for r in results.values() if "jax" in r and "error" not in r["jax"]), None)
+    if j0:
+        j = j0["jax"]
+        lines.append(f"- JAX backend {j['backend']}, device {j['device']}; x64 enabled only in the float64 workers; "
+                     f"XLA_FLAGS={env['xla_flags'] or '(unset)'}")  # fmt: skip
+    lines.append(f"- repeats {args.repeats} (median), peers {args.peer_repeats} call(s) per size, "
+                 f"peer timeout {args.peer_timeout:.0f} s; total wall time {env['wall_s'] / 60:.1f} min\n")  # fmt: skip
+
+    lines.append("### Time per call (seconds, median, warm)\n")
+    lines.append("| N | dtype | fft grid | rfft2 jnp | rfft2 scipy (2 w) | jaxdiff per-pixel | ×rfft2 | jaxdiff scalar | ×rfft2 "
+                 "| compile (pixel/scalar) | first call | oracle f64 | numpy ref | properimage | mirar pyzogy |")  # fmt: skip
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (n, dt), r in sorted(results.items()):
+        if "jax" not in r:
+            continue
+        j = r["jax"]
+        if "error" in j:
+            lines.append(f"| {n}² | {dt} | failed: {j['error']} |" + " |" * 12)
+            continue
+        pe = results.get((n, "_peers"), {})
+        lines.append(
+            f"| {n}² | {dt} | {j['fft_shape'][0]}² | {_fmt(j['rfft2_jnp_s'])} | {_fmt(j['rfft2_scipy_s'])} "
+            f"| {_fmt(j['pixel_warm_s'])} | {j['pixel_over_rfft2']:.1f} | {_fmt(j['scalar_warm_s'])} "
+            f"| {j['scalar_over_rfft2']:.1f} | {j['pixel_compile_s']:.1f} / {j['scalar_compile_s']:.1f} "
+            f"| {j['pixel_first_call_s']:.1f} | {_fmt(j.get('oracle_warm_s'))} | {_fmt(j.get('numpyref_s'))} "
+            f"| {_peer_cell(pe.get('properimage'))} | {_peer_cell(pe.get('pyzogy'))} |"
+        )
+    lines.append("")
+    lines.append("\"×rfft2\": jaxdiff warm time over one jitted `jnp.fft.rfft2` of the image size (N², same dtype). "
+                 "\"fft grid\": the padded grid jaxdiff's default `fft_shape` uses. Compile = `jax.jit(zogy).lower().compile()`; "
+                 "first call = first `zogy` call after `jax.clear_caches()` (trace + compile + run). Oracle, numpy ref and "
+                 "peers are float64 and dtype-independent (measured once per size, in the first dtype's process).\n")  # fmt: skip
+
+    lines.append("### Peak memory of one call (fresh process, RSS increase over the inputs already in memory)\n")
+    lines.append("| N | dtype | input pair (2 images) | jaxdiff per-pixel | ×pair | jaxdiff scalar | ×pair | outputs | oracle f64 | properimage | mirar pyzogy |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    gb = lambda b: "—" if b is None else f"{b / 2**30:.2f} GiB"  # noqa: E731
+    for (n, dt), r in sorted(results.items()):
+        if "jax" not in r:
+            continue
+        pair = 2 * n * n * np.dtype(dt).itemsize
+        mp, ms = r.get("mem_pixel", {}), r.get("mem_scalar", {})
+        pe = results.get((n, "_peers"), {})
+        mo = results.get((n, "_oracle_mem"), {})
+        ratio = lambda m: "—" if "increase" not in m else f"{m['increase'] / pair:.1f}"  # noqa: E731
+        lines.append(
+            f"| {n}² | {dt} | {gb(pair)} | {gb(mp.get('increase'))} | {ratio(mp)} | {gb(ms.get('increase'))} | {ratio(ms)} "
+            f"| {gb(mp.get('output_bytes'))} | {gb(mo.get('increase'))} "
+            f"| {gb((pe.get('properimage') or {}).get('mem_increase'))} | {gb((pe.get('pyzogy') or {}).get('mem_increase'))} |"
+        )
+    lines.append("")
+
+    lines.append("### Quality: S_corr on source-free sky (mean / std), transients found (of 10), false positives (|S_corr| > 5)\n")
+    lines.append("| N | jaxdiff f32 per-pixel | jaxdiff f32 scalar | jaxdiff f64 per-pixel | oracle f64 | rms(jaxdiff f32 − oracle) | rms(f64 − oracle) | properimage | mirar pyzogy |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    q = lambda d: "—" if not d else f"{d['sky_mean']:+.3f} / {d['sky_std']:.3f}, {d['transients_found']}, {d['false_positives']}"  # noqa: E731
+    for n in sorted({k[0] for k in results}):
+        j32 = results.get((n, "float32"), {}).get("jax", {})
+        j64 = results.get((n, "float64"), {}).get("jax", {})
+        orc = j32.get("oracle_quality") or j64.get("oracle_quality")
+        pe = results.get((n, "_peers"), {})
+        pq = lambda p: q((pe.get(p) or {}).get("quality"))  # noqa: E731
+        lines.append(
+            f"| {n}² | {q(j32.get('pixel_quality'))} | {q(j32.get('scalar_quality'))} | {q(j64.get('pixel_quality'))} "
+            f"| {q(orc)} | {_fmt(j32.get('pixel_scorr_rms_vs_oracle'))} | {_fmt(j64.get('pixel_scorr_rms_vs_oracle'))} "
+            f"| {pq('properimage')} | {pq('pyzogy')} |"
+        )
+    lines.append("")
+    lines.append("The scalar-variance run uses the sky level as the variance everywhere, so its S_corr is not the "
+                 "per-pixel one near stars (more false positives on bright stars are expected); properimage's S_corr "
+                 "is on a different scale (~1e-3), as peers.md reports.\n")  # fmt: skip
+
+    verdicts = acceptance(results, args)
+    lines.append("### Acceptance (4096² float32)\n")
+    lines += [f"- {v}" for v in verdicts]
+    lines.append("")
+    if args.profile:
+        lines.append("### Profile details\n")
+        for (n, dt), r in sorted(results.items()):
+            j = r.get("jax", {})
+            if "pixel_hlo" in j:
+                p = j.get("profile", {})
+                lines.append(f"- {n}² {dt}: grid {j['fft_shape']}, rfft2 on the grid {_fmt(j['rfft2_jnp_grid_s'])} s; "
+                             f"FFT ops in HLO per-pixel {j['pixel_hlo']['n_fft_ops']}, scalar {j['scalar_hlo']['n_fft_ops']}; "
+                             f"f64 mentions in float32 HLO {j['pixel_hlo'].get('f64_mentions', '—')}; "
+                             f"no-score warm pixel/scalar {_fmt(p.get('pixel_noscore_warm_s'))} / {_fmt(p.get('scalar_noscore_warm_s'))} s; "
+                             f"compiled c128/f64 buffers (pixel) {p.get('pixel_compiled_c128', '—')}/{p.get('pixel_compiled_f64', '—')}")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines), verdicts
+
+
+def acceptance(results, args):
+    n, dt = 4096, "float32"
+    r = results.get((n, dt))
+    if not r or "jax" not in r or "error" in r["jax"]:
+        return [f"NOT RUN: no {n}² {dt} jaxdiff result in this run"]
+    j = r["jax"]
+    out = []
+    fl = j["rfft2_jnp_s"]
+    for variant, lim in (("pixel", 20), ("scalar", 8)):
+        ratio = j[f"{variant}_over_rfft2"]
+        ok = "PASS" if ratio <= lim else "FAIL"
+        out.append(f"{ok}: {variant} variance warm {j[f'{variant}_warm_s']:.3f} s = {ratio:.1f} × rfft2 ({fl:.3f} s); target ≤ {lim}×")
+    t = j["pixel_warm_s"]
+    pe = results.get((n, "_peers"), {})
+    measured = {k: v["median_s"] for k, v in pe.items() if v and "median_s" in v}
+    if measured:
+        best = min(measured, key=measured.get)
+        sp = measured[best] / t
+        out.append(f"{'PASS' if sp >= 5 else 'FAIL'}: {sp:.1f}× faster than the fastest peer measured in this run "
+                   f"({best} {measured[best]:.1f} s vs jaxdiff per-pixel {t:.3f} s); target ≥ 5×")  # fmt: skip
+    else:
+        out.append("NOT MEASURED: no peer completed at 4096² in this run")
+    if j.get("oracle_warm_s"):
+        out.append(f"INFO: {j['oracle_warm_s'] / t:.1f}× faster than the float64 oracle measured in this run ({j['oracle_warm_s']:.2f} s)")
+    pm = PEERS_MD[n]
+    fastest_md = min(v for k, v in pm.items() if k != "oracle")
+    out.append(f"INFO (figures from peers.md, not this run): fastest peer there {fastest_md:.1f} s (Vreeswijk) → "
+               f"{fastest_md / t:.0f}× ; oracle there {pm['oracle']:.2f} s → {pm['oracle'] / t:.1f}×")  # fmt: skip
+    mp = r.get("mem_pixel", {})
+    pair = 2 * n * n * 4
+    if "increase" in mp:
+        ratio = mp["increase"] / pair
+        ok = "PASS" if ratio <= 12 else "FAIL"
+        out.append(f"{ok}: peak memory of one per-pixel call {mp['increase'] / 2**30:.2f} GiB = {ratio:.1f} × the input pair "
+                   f"({pair / 2**20:.0f} MiB); target ≤ 12×" + ("" if mp.get("reset_ok") else " (VmHWM reset failed: upper bound)"))  # fmt: skip
+        ms = r.get("mem_scalar", {})
+        if "increase" in ms:
+            out.append(f"INFO: scalar-variance call peak {ms['increase'] / 2**30:.2f} GiB = {ms['increase'] / pair:.1f} × the pair")
+    else:
+        out.append("NOT MEASURED: peak memory")
+    return out
+
+
+def write_readme(report: str):
+    text = README.read_text() if README.exists() else ""
+    block = f"{RESULTS_START}\n\n{report}\n{RESULTS_END}"
+    if RESULTS_START in text and RESULTS_END in text:
+        pre = text.split(RESULTS_START)[0]
+        post = text.split(RESULTS_END, 1)[1]
+        new = pre + block + post
+    else:
+        new = (text.rstrip() + "\n\n## Results\n\n" if text else "# ZOGY benchmarks\n\n## Results\n\n") + block + "\n"
+    fd, tmp = tempfile.mkstemp(dir=str(README.parent), prefix=".README.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    os.replace(tmp, README)
+
+
+def driver(args):
+    t_start = time.perf_counter()
+    env = environment()
+    peers = {p.strip() for p in args.peers.split(",") if p.strip()} if args.peers else set()
+    unknown = peers - set(ALL_PEERS)
+    if unknown:
+        raise SystemExit(f"unknown peers {sorted(unknown)}; choose from {ALL_PEERS}")
+    versions = _versions(sys.executable)
+    peer_python = args.peer_python
+    peer_versions = {}
+    if peers & set(PEER_NAMES):
+        if not Path(peer_python).exists():
+            print(f"peer python {peer_python} not found: peers skipped (see README for how to build it)")
+            peers -= set(PEER_NAMES)
+        else:
+            peer_versions = {k: v for k, v in _versions(peer_python).items() if k not in ("jax", "jaxlib")}
+    print(f"# environment: {json.dumps(env)}")
+    print(f"# versions: {versions}")
+    if peer_versions:
+        print(f"# peer venv ({peer_python}): {peer_versions}")
+
+    workdir = Path(args.workdir)
+    results: dict = {}
+    for n in args.sizes:
+        ddir = workdir / f"pair_{n}_seed{args.seed}"
+        if not (ddir / "meta.json").exists():
+            arrays, meta = make_pair(n, seed=args.seed)
+            save_pair(ddir, arrays, meta)
+            print(f"== {n}²: generated pair in {meta.gen_seconds:.1f} s ({meta.n_stars} stars) -> {ddir}", flush=True)
+            del arrays
+        else:
+            print(f"== {n}²: using cached pair {ddir}", flush=True)
+        (ddir / "oracle_scorr.npy").unlink(missing_ok=True)
+        for i, dt in enumerate(args.dtypes):
+            first = i == 0
+            argv = ["--worker", "jax", "--data", str(ddir), "--dtype", dt, "--repeats", str(args.repeats)]
+            if first and "oracle" in peers:
+                argv.append("--oracle")
+            if first and "numpyref" in peers and (n <= args.numpyref_max):
+                argv.append("--numpyref")
+            if args.profile:
+                argv.append("--profile")
+            r = {"jax": _run_child(argv, sys.executable, args.jax_timeout, f"jax {n}² {dt}")}
+            if not args.no_memory:
+                for variant in ("pixel", "scalar"):
+                    r[f"mem_{variant}"] = _run_child(["--worker", "mem", "--data", str(ddir), "--dtype", dt,
+                                                      "--variant", variant], sys.executable, args.jax_timeout,
+                                                     f"mem {n}² {dt} {variant}")  # fmt: skip
+            results[(n, dt)] = r
+            j = r["jax"]
+            if "error" not in j:
+                print(f"    rfft2 jnp {j['rfft2_jnp_s']:.4f} s, scipy {j['rfft2_scipy_s']:.4f} s; grid {j['fft_shape']}; "
+                      f"pixel {j['pixel_warm_s']:.3f} s ({j['pixel_over_rfft2']:.1f}×), scalar {j['scalar_warm_s']:.3f} s "
+                      f"({j['scalar_over_rfft2']:.1f}×); compile {j['pixel_compile_s']:.1f}/{j['scalar_compile_s']:.1f} s",
+                      flush=True)  # fmt: skip
+                for k in ("pixel_quality", "scalar_quality", "oracle_quality", "numpyref_quality"):
+                    if k in j:
+                        print(f"    S_corr {k.replace('_quality', ''):8s}: {j[k]}", flush=True)
+                for k in ("pixel_scorr_rms_vs_oracle", "scalar_scorr_rms_vs_oracle", "pixel_scorr_rms_vs_numpyref"):
+                    if k in j:
+                        print(f"    {k}: {j[k]:.3g}")
+                if "oracle_warm_s" in j:
+                    print(f"    oracle {j['oracle_warm_s']:.3f} s", flush=True)
+        if "oracle" in peers and not args.no_memory:
+            results[(n, "_oracle_mem")] = _run_child(["--worker", "mem", "--data", str(ddir), "--dtype", "float64",
+                                                      "--variant", "oracle"], sys.executable, args.jax_timeout,
+                                                     f"mem {n}² oracle")  # fmt: skip
+        pr = {}
+        for peer in sorted(peers & set(PEER_NAMES)):
+            reps = args.peer_repeats if n < 4096 else 1
+            pr[peer] = _run_child(["--worker", "peer", "--peer", peer, "--data", str(ddir), "--repeats", str(reps)],
+                                  peer_python, args.peer_timeout * reps + 60, f"{peer} {n}²")  # fmt: skip
+            if "median_s" in pr[peer]:
+                print(f"    {peer}: {pr[peer]['times_s']} s; S_corr {pr[peer]['quality']}", flush=True)
+        results[(n, "_peers")] = pr
+        if not args.keep_data:
+            for f in ddir.glob("*.npy"):
+                f.unlink()
+            (ddir / "meta.json").unlink(missing_ok=True)
+
+    env["loadavg_end"] = os.getloadavg()
+    env["wall_s"] = time.perf_counter() - t_start
+    report, verdicts = build_report(env, versions, peer_versions, results, args)
+    print()
+    print(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"env": env, "versions": versions, "peer_versions": peer_versions,
+                                               "results": {f"{k[0]}/{k[1]}": v for k, v in results.items()}},
+                                              indent=1, default=str))  # fmt: skip
+    if args.write_readme:
+        write_readme(report)
+        print(f"\nwrote results section of {README}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    p.add_argument("--repeats", type=int, default=3, help="warm calls per jaxdiff/oracle timing (median)")
+    p.add_argument("--peers", default="properimage,pyzogy,oracle,numpyref",
+                   help=f"comma list from {ALL_PEERS}; '' for none")  # fmt: skip
+    p.add_argument("--peer-python", default="/tmp/peervenv/bin/python", help="python of the peer venv")
+    p.add_argument("--peer-repeats", type=int, default=2, help="calls per peer below 4096² (1 at 4096²)")
+    p.add_argument("--peer-timeout", type=float, default=300.0, help="seconds per peer call")
+    p.add_argument("--jax-timeout", type=float, default=900.0, help="seconds per jax/mem worker")
+    p.add_argument("--numpyref-max", type=int, default=2048, help="largest size for the tests' numpy reference")
+    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
+    p.add_argument("--profile", action="store_true", help="extra timings (no score) and compiled-HLO counts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxdiff_bench"))
+    p.add_argument("--keep-data", action="store_true", help="keep the generated .npy pairs in --workdir")
+    p.add_argument("--json", help="also write all raw results to this JSON file")
+    p.add_argument("--write-readme", action="store_true", help="rewrite the results section of benchmarks/README.md")
+    # worker-only options
+    p.add_argument("--worker", choices=["jax", "mem", "peer"], help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="pixel", help=argparse.SUPPRESS)
+    p.add_argument("--peer", help=argparse.SUPPRESS)
+    p.add_argument("--oracle", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--numpyref", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        res = {"jax": worker_jax, "mem": worker_mem, "peer": worker_peer}[args.worker](args)
+        Path(args.out).write_text(json.dumps(res, default=float))
+        return
+    driver(args)
+
+
+if __name__ == "__main__":
+    main()
