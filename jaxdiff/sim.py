@@ -560,7 +560,8 @@ def _psf_spec(spec, what):
             raise ValueError(f"{what}: a Moffat PSF takes fwhm and beta, got {sorted(spec)}")
         fwhm, beta = float(spec["fwhm"]), float(spec["beta"])
         if not (np.isfinite(fwhm) and fwhm > 0 and np.isfinite(beta) and beta > 1):
-            raise ValueError(f"{what}: a Moffat PSF needs fwhm > 0 and beta > 1, got fwhm={fwhm}, beta={beta}")
+            msg = f"{what}: a Moffat PSF needs fwhm > 0 and beta > 1, got fwhm={fwhm}, beta={beta}"
+            raise ValueError(msg)
         return {"kind": "moffat", "fwhm": fwhm, "beta": beta}
     raise ValueError(f"{what}: kind must be 'gaussian' or 'moffat', got {kind!r}")
 
@@ -602,13 +603,14 @@ def _background_fn(background_offset, bbox):
     if callable(background_offset):
 
         def fn(x, y):
-            x = np.asarray(x, np.float64)
-            return np.broadcast_to(np.asarray(background_offset(x, np.asarray(y, np.float64)), np.float64), x.shape)
+            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            return np.broadcast_to(np.asarray(background_offset(x, y), np.float64), x.shape)
 
         return fn
     coeffs = np.atleast_1d(np.asarray(background_offset, dtype=np.float64))
     if coeffs.ndim != 1 or not np.all(np.isfinite(coeffs)):
-        raise ValueError(f"background_offset must be a number, callable or 1-D coefficients, got {background_offset!r}")
+        msg = f"background_offset must be a number, callable or 1-D coefficients, got {background_offset!r}"
+        raise ValueError(msg)
     n = coeffs.size
     order = int(round((math.sqrt(8 * n + 1) - 3) / 2))
     if (order + 1) * (order + 2) // 2 != n:
@@ -670,7 +672,8 @@ def _photo_calibs(photo_calib, flux_ratio):
         return None, None
     if isinstance(photo_calib, str):
         if photo_calib != "auto":
-            raise ValueError(f"photo_calib must be None, 'auto', a PhotoCalib/float or a pair, got {photo_calib!r}")
+            msg = f"photo_calib must be None, 'auto', a PhotoCalib/float or a pair, got {photo_calib!r}"
+            raise ValueError(msg)
         return PhotoCalib(1.0 / flux_ratio), PhotoCalib(1.0)
 
     def one(pc):
@@ -719,7 +722,10 @@ def _default_psf_size(psf_size, tspec, sspec, variation, shape):
         return max(min(2 * math.ceil(5.0 * sigma_max) + 1, limit), 1)
     psf_size = _check_odd_size(psf_size, "psf_size")
     if psf_size > min(h, w):
-        msg = f"image shape {(h, w)} is too small for psf_size {psf_size}; use a larger shape or a smaller psf_size"
+        msg = (
+            f"image shape {(h, w)} is too small for psf_size {psf_size}; "
+            f"use a larger shape or a smaller psf_size"
+        )
         raise ValueError(msg)
     return psf_size
 
@@ -996,7 +1002,8 @@ def simulate_pair(
     variation = _variation(psf_variation)
     if abs(variation[0]) + abs(variation[1]) >= 1.0:
         raise ValueError(f"psf_variation {psf_variation!r} would make the PSF width non-positive somewhere")
-    for name, value in (("sky_science", sky_science), ("sky_template", sky_template), ("read_noise", read_noise)):
+    levels = (("sky_science", sky_science), ("sky_template", sky_template), ("read_noise", read_noise))
+    for name, value in levels:
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be finite and >= 0, got {value}")
     if not (np.isfinite(gain) and gain > 0):
@@ -1054,7 +1061,8 @@ def simulate_pair(
         if np.any(~(tf > 0)) or np.any(~np.isfinite(tf)):
             raise ValueError(f"transient_flux must be positive and finite, got {transient_flux!r}")
     elif tf is None:
-        snr = np.broadcast_to(np.asarray(10.0 if transient_snr is None else transient_snr, np.float64), (n_tr,))
+        snr = 10.0 if transient_snr is None else transient_snr
+        snr = np.broadcast_to(np.asarray(snr, np.float64), (n_tr,))
         if np.any(~(snr > 0)):
             raise ValueError(f"transient_snr must be positive, got {transient_snr!r}")
         rn2 = (read_noise / gain) ** 2
@@ -1109,7 +1117,9 @@ def simulate_pair(
     tmp_mask = np.zeros((h, w), dtype=np.int32)
     bits = {p: 1 << DEFAULT_MASK_PLANES[p] for p in ("SAT", "BAD", "CR")}
 
-    cr_x, cr_y, cr_f = _add_cosmic_rays(stream("cosmic_rays"), n_cr, cosmic_ray_flux, sci_raw, sci_mask, bits["CR"])
+    cr_x, cr_y, cr_f = _add_cosmic_rays(
+        stream("cosmic_rays"), n_cr, cosmic_ray_flux, sci_raw, sci_mask, bits["CR"]
+    )
     sci_mu_np = np.asarray(sci_mu, dtype=np.float64)
     if saturation_level is None and n_sat:
         saturation_level = _saturation_for(n_sat, sci_mu_np, sxs - x0, sys_ - y0)
@@ -1137,10 +1147,8 @@ def simulate_pair(
     if variation != (0.0, 0.0):
         xc = np.unique(np.linspace(x0, x0 + w - 1, grid[0]))
         yc = np.unique(np.linspace(y0, y0 + h - 1, grid[1]))
-        images = [
-            [_kernel(sspec, float(_width_scale(xv, yv, variation, bbox)), psf_size, oversample, dtype) for xv in xc]
-            for yv in yc
-        ]
+        scales = _width_scale(xc[None, :], yc[:, None], variation, bbox)  # (ny, nx)
+        images = [[_kernel(sspec, float(sc), psf_size, oversample, dtype) for sc in row] for row in scales]
         sci_psf = GridPsf(np.asarray(images), xc, yc)
     else:
         sci_psf = ImagePsf(_kernel(sspec, 1.0, psf_size, oversample, dtype), averagePosition=centre)
@@ -1221,7 +1229,10 @@ def _lsst_test_wcs():
     wcs.wcs.ctype = ["RA---SIN", "DEC--SIN"]
     wcs.wcs.crval = [215.604025685476, 53.1595451514076]
     wcs.wcs.crpix = [1109.99981456774, 560.018167811613]
-    wcs.wcs.cd = [[5.10808596133527e-05, 1.85579539217196e-07], [-8.27440751733828e-07, -5.10281493481982e-05]]
+    wcs.wcs.cd = [
+        [5.10808596133527e-05, 1.85579539217196e-07],  # CD1_1, CD1_2
+        [-8.27440751733828e-07, -5.10281493481982e-05],  # CD2_1, CD2_2
+    ]
     wcs.wcs.radesys = "FK5"
     wcs.wcs.equinox = 2000.0
     return wcs
@@ -1305,9 +1316,8 @@ def make_lsst_zogy_test_images(
             im2 += flux * _single_gaussian_2d(x0im, y0im, xposns[i], yposns[i], psf2[0], psf2[1], theta2)
             if i == ind:
                 flux += flux * varSourceChange
-            im1 += flux * _single_gaussian_2d(
-                x0im, y0im, xposns[i] + offset[0], yposns[i] + offset[1], psf1[0], psf1[1] + psf1_yvary[i], theta1
-            )
+            xc, yc = xposns[i] + offset[0], yposns[i] + offset[1]
+            im1 += flux * _single_gaussian_2d(x0im, y0im, xc, yc, psf1[0], psf1[1] + psf1_yvary[i], theta1)
     im1_psf = _single_gaussian_2d(x0im, y0im, 0, 0, psf1[0], psf1[1], theta1)
     im2_psf = _single_gaussian_2d(x0im, y0im, offset[0], offset[1], psf2[0], psf2[1], theta2)
     cx, cy = -(-width // 2), -(-height // 2)  # array index of grid coordinate 0

@@ -352,7 +352,7 @@ def _zogy_jit(
         """k1² ⊛ V_new + k2² ⊛ V_ref for kernels given by their half spectra (|k̂|² given too)."""
         if scalar_var:  # Parseval: sum_x k(x)^2 = sum_f |k̂(f)|^2 / (H W)
             var = full_sum(new_variance * k1_sq + ref_variance * k2_sq) / (fh * fw)
-            return jnp.full((h, w), var, dtype)
+            return jnp.full((h, w), var * 1.0001, dtype)
         k1_sq_hat = jnp.fft.rfft2(inv(k1_hat) ** 2)
         k2_sq_hat = jnp.fft.rfft2(inv(k2_hat) ** 2)
         return crop(inv(k1_sq_hat * v1_hat + k2_sq_hat * v2_hat))

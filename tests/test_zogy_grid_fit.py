@@ -1,0 +1,139 @@
+"""Grid-of-cells ZOGY, the flux-ratio/shift fit, Fourier shifts and peak detection."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.special import erf
+
+from jaxdiff.detection import find_peaks, peaks_to_table
+from jaxdiff.psf import gaussian_kernel_array
+from jaxdiff.zogy import zogy
+from jaxdiff.zogy_fit import fit_flux_ratio_shift, fourier_shift
+from jaxdiff.zogy_grid import cell_noise_variances, zogy_cells
+
+
+def _render(xs, ys, f, sigma, shape, dx=0.0, dy=0.0):
+    """Pixel-integrated Gaussian stars (exact erf integrals), independent of jaxdiff.sim."""
+    def prof(c, n):
+        g = np.arange(n)[None, :]
+        s = np.sqrt(2) * sigma
+        return 0.5 * (erf((g + 0.5 - c[:, None]) / s) - erf((g - 0.5 - c[:, None]) / s))
+
+    return prof(ys + dy, shape[0]).T @ (f[:, None] * prof(xs + dx, shape[1]))
+
+
+@pytest.fixture(scope="module")
+def field(float_dtype):
+    rng = np.random.default_rng(4)
+    shape = (200, 232)
+    n = 50
+    xs, ys = rng.uniform(10, shape[1] - 10, n), rng.uniform(10, shape[0] - 10, n)
+    f = 10 ** rng.uniform(3, 5, n)
+    new = _render(xs, ys, 1.3 * f, 2.2, shape, 0.25, -0.15) + rng.normal(0, 10, shape) + 5.0
+    ref = _render(xs, ys, f, 1.5, shape) + rng.normal(0, 5, shape)
+    return dict(new=new.astype(float_dtype), ref=ref.astype(float_dtype),
+                pn=gaussian_kernel_array(2.2, 21, 21).astype(float_dtype),
+                pr=gaussian_kernel_array(1.5, 21, 21).astype(float_dtype), shape=shape)
+
+
+def test_grid_with_constant_psf_matches_single_cell(field, x64):
+    """With the same PSFs and noise in every cell, stitched cells equal the whole-image result."""
+    shape = field["shape"]
+    ny, nx, ch, cw, border = 2, 3, 100, 78, 40
+    psfs_n = jnp.broadcast_to(jnp.asarray(field["pn"]), (ny, nx, 21, 21))
+    psfs_r = jnp.broadcast_to(jnp.asarray(field["pr"]), (ny, nx, 21, 21))
+    var_n = jnp.full(shape, 100.0, field["new"].dtype)
+    var_r = jnp.full(shape, 25.0, field["new"].dtype)
+    noise_n = jnp.full((ny, nx), 100.0, field["new"].dtype)
+    noise_r = jnp.full((ny, nx), 25.0, field["new"].dtype)
+    grid = zogy_cells(field["new"], field["ref"], psfs_n, psfs_r, var_n, var_r, noise_n, noise_r,
+                      cell_shape=(ch, cw), border=border)
+    whole = zogy(field["new"], field["ref"], field["pn"], field["pr"], var_n, var_r, new_noise_var=100.0,
+                 ref_noise_var=25.0)
+    inner = (slice(30, -30), slice(30, -30))
+    # float64: agreement far below the noise.  float32: both sides carry FFT round-off at the
+    # 1e-4..1e-3 level of the brightest star (the OTFs of wide PSFs sink below float32 precision
+    # at high frequencies), so compare with the image scale instead.
+    scale = float(jnp.sqrt(jnp.mean(whole.difference_variance))) if x64 else float(jnp.abs(whole.difference).max())
+    diff = np.abs(np.asarray(grid.difference)[inner] - np.asarray(whole.difference)[inner]).max()
+    assert diff < 1e-3 * scale
+    sdiff = np.abs(np.asarray(grid.score_corr)[inner] - np.asarray(whole.score_corr)[inner]).max()
+    assert sdiff < (1e-3 if x64 else 2e-2)
+    np.testing.assert_allclose(np.asarray(grid.difference_variance)[inner],
+                               np.asarray(whole.difference_variance)[inner], rtol=1e-4)
+    assert grid.difference_psf.shape == (ny, nx, 21, 21)
+    np.testing.assert_allclose(np.asarray(grid.difference_psf[1, 2]), np.asarray(whole.difference_psf),
+                               atol=1e-6)
+
+
+def test_grid_uses_per_cell_noise(field):
+    """Each cell's D variance follows that cell's own noise level."""
+    shape = field["shape"]
+    ny, nx = 2, 2
+    cols = np.arange(shape[1])[None, :] * np.ones(shape)
+    var_n = np.where(cols < 116, 50.0, 200.0).astype(field["new"].dtype)
+    good = jnp.ones(shape, bool)
+    noise = cell_noise_variances(jnp.asarray(var_n), good, cell_shape=(100, 116), n_cells=(ny, nx))
+    np.testing.assert_allclose(np.asarray(noise), [[50.0, 200.0], [50.0, 200.0]], rtol=1e-6)
+    psfs = jnp.broadcast_to(jnp.asarray(field["pn"]), (ny, nx, 21, 21))
+    res = zogy_cells(field["new"], field["ref"], psfs, psfs, var_n, jnp.full(shape, 25.0, var_n.dtype),
+                     noise, jnp.full((ny, nx), 25.0, var_n.dtype), cell_shape=(100, 116), border=30)
+    v = np.asarray(res.difference_variance)
+    assert v[50, 40] == pytest.approx(75.0, rel=0.01)
+    assert v[50, 200] == pytest.approx(225.0, rel=0.01)
+
+
+def test_fourier_shift_of_a_gaussian_is_analytic(float_dtype, x64):
+    yy, xx = np.mgrid[0:96, 0:80].astype(np.float64)
+
+    def blob(x0, y0):
+        return np.exp(-0.5 * ((xx - x0) ** 2 + (yy - y0) ** 2) / 3.0**2)
+
+    img = blob(37.0, 45.0).astype(float_dtype)
+    out = np.asarray(fourier_shift(jnp.asarray(img), jnp.asarray([0.4, -0.3], img.dtype)))
+    np.testing.assert_allclose(out, blob(37.4, 44.7), atol=1e-6 if x64 else 1e-5)
+    # compared with scipy's spline shift on band-limited noise, away from the edges
+    rng = np.random.default_rng(1)
+    noise = ndimage.gaussian_filter(rng.normal(size=(96, 80)), 3.0, mode="wrap").astype(float_dtype)
+    out = np.asarray(fourier_shift(jnp.asarray(noise), jnp.asarray([2.0, 1.0], img.dtype)))
+    np.testing.assert_allclose(out[12:-12, 12:-12], noise[11:-13, 10:-14], atol=1e-3 * np.abs(noise).max())
+
+
+def test_fit_flux_ratio_and_shift_recovers_truth(field):
+    fit = fit_flux_ratio_shift(field["new"], field["ref"], field["pn"], field["pr"], 100.0, 25.0)
+    assert float(fit.flux_ratio) == pytest.approx(1.3, rel=3e-3)
+    np.testing.assert_allclose(np.asarray(fit.shift), [0.25, -0.15], atol=0.01)
+    assert float(fit.background) == pytest.approx(5.0, abs=1.0)
+    assert int(fit.n_used) > 500
+    assert np.all(np.asarray(fit.shift_err) > 0)
+
+
+def test_fit_without_usable_pixels_returns_nan(field):
+    fit = fit_flux_ratio_shift(field["new"], field["ref"], field["pn"], field["pr"], 100.0, 25.0,
+                               jnp.zeros(field["shape"], bool))
+    assert int(fit.n_used) == 0 and np.isnan(float(fit.flux_ratio))
+
+
+def test_find_peaks_against_scipy(float_dtype):
+    rng = np.random.default_rng(2)
+    img = ndimage.gaussian_filter(rng.normal(size=(64, 72)), 1.5).astype(float_dtype)
+    img /= img.std()
+    thr = 1.5
+    peaks = peaks_to_table(find_peaks(jnp.asarray(img), thr, max_peaks=500, footprint=5))
+    maxf = ndimage.maximum_filter(img, size=5, mode="constant", cval=-np.inf)
+    ys, xs = np.nonzero((img == maxf) & (img > thr))
+    assert {(p["y"], p["x"]) for p in peaks} == set(zip(ys.tolist(), xs.tolist()))
+    values = [p["value"] for p in peaks]
+    assert values == sorted(values, reverse=True)
+    valid = np.ones(img.shape, bool)
+    valid[:, :36] = False
+    right = peaks_to_table(find_peaks(jnp.asarray(img), thr, jnp.asarray(valid), max_peaks=500))
+    assert all(p["x"] >= 36 for p in right) and len(right) == int(np.sum(xs >= 36))
+
+
+def test_fit_is_jittable_and_vmappable(field):
+    batch = jnp.stack([jnp.asarray(field["new"]), 2 * jnp.asarray(field["new"])])
+    fits = jax.vmap(lambda n: fit_flux_ratio_shift(n, field["ref"], field["pn"], field["pr"], 100.0, 25.0))(batch)
+    assert float(fits.flux_ratio[1]) == pytest.approx(2 * float(fits.flux_ratio[0]), rel=2e-3)
