@@ -141,8 +141,8 @@ def _pad_axis(a: Array, n: int, axis: int) -> Array:
     h = m // 2
     zshape = list(a.shape)
     zshape[axis] = n - m
-    parts = [lax.slice_in_dim(a, h, m, axis=axis), jnp.zeros(zshape, a.dtype), lax.slice_in_dim(a, 0, h, axis=axis)]
-    return jnp.concatenate(parts, axis=axis)
+    head, tail = lax.slice_in_dim(a, h, m, axis=axis), lax.slice_in_dim(a, 0, h, axis=axis)
+    return jnp.concatenate([head, jnp.zeros(zshape, a.dtype), tail], axis=axis)
 
 
 def pad_center_origin(a: Num[ArrayLike, "..."], shape: Sequence[int]) -> Num[Array, "..."]:

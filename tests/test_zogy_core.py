@@ -37,6 +37,13 @@ def gauss(sigma, size):
     return g / g.sum()
 
 
+def origin_padded(a, shape):
+    """Zero array of ``shape`` with stamp element k // 2 at index 0 (modular indexing)."""
+    out = np.zeros(shape)
+    out[np.ix_(*((np.arange(k) - k // 2) % n for k, n in zip(a.shape, shape)))] = a
+    return out
+
+
 def rel_err(a, b):
     a, b = np.asarray(a), np.asarray(b)
     scale = np.abs(b).max()
@@ -161,7 +168,7 @@ def test_identical_psfs_give_scaled_plain_difference(identical_psf_case, rtol):
     }
     res = zogy(*args, **kw)
     fs = default_fft_shape(new.shape, psf.shape, psf.shape)
-    ref_res = zogy_reference(new, ref, psf, psf, vn, vr, fft_shape=fs, **kw)  # the oracle checks the reference too
+    ref_res = zogy_reference(new, ref, psf, psf, vn, vr, fft_shape=fs, **kw)  # the oracle checks it too
     for field, value in expected.items():
         assert rel_err(getattr(res, field), value) < rtol, field
         assert rel_err(ref_res[field], value) < 1e-12, field
@@ -179,7 +186,7 @@ def test_identical_inputs_give_zero(rtol):
 
 @pytest.mark.parametrize("scalar", [True, False])
 def test_white_noise_variance(scalar, rtol):
-    """Uniform variance σ² in both, F = 1: Σ_f(|ĉ1|²σ² + |ĉ2|²σ²) = 1 per frequency ⇒ V_D = 2σ² exactly;
+    """Uniform variance σ² in both, F = 1: (|ĉ1|² + |ĉ2|²) σ² = 1 at every frequency, so V_D = 2σ²;
     V_S is constant and equals mean_f F_n²F_r²|P̂_n|²|P̂_r|²/S_den (spec §3.7)."""
     shape, var = (50, 64), 3.5
     pn, pr = gauss(1.0, 9), gauss(2.0, 15)
@@ -187,10 +194,7 @@ def test_white_noise_variance(scalar, rtol):
     res = zogy(np.zeros(shape), np.zeros(shape), pn, pr, v, v, new_noise_var=var, ref_noise_var=var)
     np.testing.assert_allclose(np.asarray(res.difference_variance), 2 * var, rtol=rtol)
     fs = default_fft_shape(shape, pn.shape, pr.shape)
-    big = [np.zeros(fs) for _ in range(2)]
-    for b, p in zip(big, (pn, pr)):
-        b[np.ix_((np.arange(p.shape[0]) - p.shape[0] // 2) % fs[0], (np.arange(p.shape[1]) - p.shape[1] // 2) % fs[1])] = p
-    a2n, a2r = (np.abs(np.fft.fft2(b)) ** 2 for b in big)
+    a2n, a2r = (np.abs(np.fft.fft2(origin_padded(p, fs))) ** 2 for p in (pn, pr))
     expected_vs = np.mean(a2n * a2r / (var * a2r + var * a2n))
     np.testing.assert_allclose(np.asarray(res.score_variance), expected_vs, rtol=rtol)
 
@@ -253,7 +257,7 @@ def test_lsst_variable_source_detected():
 
 
 def test_lsst_single_pixel_offset():
-    """test_pixelOffset.py scaled from 1000×2000 to 256×512 (W×H), pixel moved from [300,300] to [150,150]."""
+    """test_pixelOffset.py with 1000×2000 (W×H) scaled to 256×512 and the pixel moved to [150, 150]."""
     shape = (512, 256)
     science = np.zeros(shape)
     science[150, 150] = 1000.0
@@ -301,7 +305,8 @@ def test_grad_images(grad_inputs):
                    astrometric_sigma_new=(0.2, 0.1), astrometric_sigma_ref=(0.1, 0.3))  # fmt: skip
         return loss(res, weights)
 
-    check_grads(f, (jnp.asarray(new), jnp.asarray(ref), jnp.asarray(vn)), order=1, modes=("fwd", "rev"))
+    args = tuple(jnp.asarray(a) for a in (new, ref, vn))
+    check_grads(jax.jit(f), args, order=1, modes=("fwd", "rev"))
 
 
 @pytest.mark.usefixtures("need_x64")
@@ -315,32 +320,47 @@ def test_grad_psf_sigma_and_scalars(grad_inputs):
         return loss(res, weights)
 
     args = tuple(jnp.asarray(x, jnp.float64) for x in (1.2, 1.6, 1.1, 0.9, 0.2))
-    check_grads(f, args, order=1, modes=("fwd", "rev"))
+    check_grads(jax.jit(f), args, order=1, modes=("fwd", "rev"))
 
 
-def test_degenerate_frequencies_finite_values_and_gradients(x64):
+def test_degenerate_frequencies_finite_values_and_gradients(x64, rtol):
     """Both PSFs contain an exact 2-pixel box along x: their OTFs vanish on the whole Nyquist
-    column of the even FFT grid, so S_den = 0 there (double-where path)."""
+    column of the even FFT grid, so S_den = 0 there (double-where path).  No padding
+    (fft_shape = image shape, "wrap"), so the spectrum of D can be checked directly."""
     shape = (24, 32)
     box = np.zeros((5, 5))
     box[:, 2] = box[:, 3] = gauss(1.0, 5)[:, 2]  # identical values in columns 2, 3 → exact zero
     rng = np.random.default_rng(2)
     new, ref = rng.normal(size=(2, *shape))
-    fs = default_fft_shape(shape, box.shape, box.shape)
+    kw = dict(new_noise_var=1.0, ref_noise_var=1.5, fft_shape=shape, pad_mode="wrap")
 
     def run(n, r, f_new, psf_scale):
-        return zogy(n, r, box * psf_scale, box, 1.0, 1.5, new_noise_var=1.0, ref_noise_var=1.5, f_new=f_new)
+        return zogy(n, r, box * psf_scale, box, 1.0, 1.5, f_new=f_new, **kw)
 
     res = run(new, ref, 1.1, 1.0)
-    assert int(res.n_degenerate) == fs[0]  # one full DFT column
+    assert int(res.n_degenerate) == shape[0]  # one full DFT column
     for field in FIELDS:
         assert np.all(np.isfinite(np.asarray(getattr(res, field)))), field
+    # ip_diffim's choice at degenerate frequencies: ĉ1 = F_r / F_Ddenom, ĉ2 = F_n / F_Ddenom, k̂ = 0
+    n_hat, r_hat = np.fft.rfft2(as_input(new)), np.fft.rfft2(as_input(ref))
+    fd_denom = np.sqrt(1.0 * 1.0**2 + 1.5 * 1.1**2)
+    d_hat = np.fft.rfft2(np.asarray(res.difference, np.float64)) * float(res.flux_zero_point)
+    assert rel_err(d_hat[:, -1], (n_hat[:, -1] - 1.1 * r_hat[:, -1]) / fd_denom) < rtol
+    assert np.abs(np.fft.rfft2(np.asarray(res.score, np.float64))[:, -1]).max() < rtol * np.abs(n_hat).max()
+    ref_res = zogy_reference(*(as_input(a) for a in (new, ref, box, box)), 1.0, 1.5, f_new=1.1, **kw)
+    ref_d_hat = np.fft.rfft2(ref_res["difference"]) * ref_res["flux_zero_point"]
+    assert rel_err(d_hat[:, :-1], ref_d_hat[:, :-1]) < rtol
+
     dtype = jnp.zeros(1).dtype
-    args = (jnp.asarray(new, dtype), jnp.asarray(ref, dtype), jnp.asarray(1.1, dtype), jnp.asarray(1.0, dtype))
-    scalar_loss = lambda *a: jnp.sum(run(*a).score_corr ** 2) + jnp.sum(run(*a).difference ** 2)  # noqa: E731
+    args = tuple(jnp.asarray(a, dtype) for a in (new, ref, 1.1, 1.0))
+
+    def scalar_loss(*a):
+        r = run(*a)
+        return jnp.sum(r.score_corr**2) + jnp.sum(r.difference**2) + jnp.sum(r.difference_psf**2)
+
     grads = jax.grad(scalar_loss, argnums=(0, 1, 2, 3))(*args)
-    tangents = jax.jvp(scalar_loss, args, tuple(jnp.ones_like(a) for a in args))[1]
-    for g in (*grads, tangents):
+    tangent = jax.jvp(scalar_loss, args, tuple(jnp.ones_like(a) for a in args))[1]
+    for g in (*grads, tangent):
         assert np.all(np.isfinite(np.asarray(g)))
     assert np.abs(np.asarray(grads[0])).max() > 0
     if x64:
@@ -458,21 +478,23 @@ def test_fast_fft_size_set():
 @pytest.mark.parametrize(("stamp", "target"), [((5, 7), (12, 16)), ((9, 3), (13, 15)), ((1, 1), (8, 9))])
 def test_center_origin_layout_and_otf(stamp, target, rtol):
     a = np.random.default_rng(0).normal(size=stamp)
-    expected = np.zeros(target)  # element k//2 → index 0, by modular indexing
-    expected[np.ix_((np.arange(stamp[0]) - stamp[0] // 2) % target[0], (np.arange(stamp[1]) - stamp[1] // 2) % target[1])] = a
+    expected = origin_padded(a, target)
     padded = pad_center_origin(as_input(a), target)
     np.testing.assert_array_equal(np.asarray(padded), as_input(expected))
     np.testing.assert_array_equal(np.asarray(crop_center_origin(padded, stamp)), as_input(a))
-    np.testing.assert_array_equal(np.asarray(pad_center_origin(as_input(a), stamp)), np.fft.ifftshift(as_input(a)))
+    same_size = np.asarray(pad_center_origin(as_input(a), stamp))
+    np.testing.assert_array_equal(same_size, np.fft.ifftshift(as_input(a)))
     otf = psf_to_otf(as_input(a), target)
     assert rel_err(otf, np.fft.rfft2(expected)) < 10 * rtol
     assert not centered_dft_matrix(8, 3).flags.writeable
 
 
 def test_gaussian_psf_image(rtol, x64):
-    np.testing.assert_allclose(np.asarray(gaussian_psf_image(1.7, (9, 11))), _gauss_rect(1.7, (9, 11)), rtol=rtol)
+    psf = np.asarray(gaussian_psf_image(1.7, (9, 11)))
+    np.testing.assert_allclose(psf, _gauss_rect(1.7, (9, 11)), rtol=rtol)
     if x64:
-        check_grads(lambda s: gaussian_psf_image(s, (7, 9)), (jnp.asarray(1.3),), order=2, modes=("fwd", "rev"))
+        f = functools.partial(gaussian_psf_image, shape=(7, 9))
+        check_grads(f, (jnp.asarray(1.3),), order=2, modes=("fwd", "rev"))
 
 
 def _gauss_rect(sigma, shape):

@@ -1,0 +1,1 @@
+"""Independent numpy reference implementations, used only as test oracles."""

@@ -79,8 +79,8 @@ def zogy_reference(new, ref, new_psf, ref_psf, new_var, ref_var, *, new_noise_va
     def dy(a):  # d/drow
         return (np.roll(a, -1, axis=0) - np.roll(a, 1, axis=0)) / 2
 
-    V_ast = crop(sigma_new[0] ** 2 * dx(S_N) ** 2 + sigma_new[1] ** 2 * dy(S_N) ** 2
-                 + sigma_ref[0] ** 2 * dx(S_R) ** 2 + sigma_ref[1] ** 2 * dy(S_R) ** 2)  # eqs. 30-33  # fmt: skip
+    V_ast = crop(sigma_new[0] ** 2 * dx(S_N) ** 2 + sigma_new[1] ** 2 * dy(S_N) ** 2  # eqs. 30-33
+                 + sigma_ref[0] ** 2 * dx(S_R) ** 2 + sigma_ref[1] ** 2 * dy(S_R) ** 2)  # fmt: skip
     total = var_S + V_ast
     S_corr = np.where(total > TINY, S / np.sqrt(np.where(total > TINY, total, 1.0)), 0.0)
     return {
