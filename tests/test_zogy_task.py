@@ -329,6 +329,7 @@ def test_metadata_and_timers(small_pair):
                 "psfMatch.zogy.scienceVarianceScale", "psfMatch.zogy.scoreNormalizationFactor"):
         assert key in names, key
     assert md["psfMatch"]["zogy.scienceVarianceScale"] == pytest.approx(res.scienceVarianceScale)
+    assert md["psfMatch"]["zogy.doScaleVariance"] is True and md["psfMatch"]["zogy.doNormalizeScore"] is True
     # simulated variance planes are right: the rescaling factors are ~1
     assert res.scienceVarianceScale == pytest.approx(1.0, abs=0.05)
     assert res.templateVarianceScale == pytest.approx(1.0, abs=0.05)

@@ -322,6 +322,8 @@ class ZogyTask(Task):
 
         for k, v in fitted.items():
             self.metadata[k] = v
+        self.metadata["doScaleVariance"] = bool(cfg.doScaleVariance)
+        self.metadata["doNormalizeScore"] = bool(cfg.doNormalizeScore)
         self.metadata["borderSize"] = border
         self.metadata["nCells"] = nx * ny
         for k, v in scalars.items():
