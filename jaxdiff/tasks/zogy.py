@@ -113,8 +113,8 @@ class ZogyTask(Task):
             ratio = (image - imStats.median) / jnp.sqrt(jnp.where(variance > 0, variance, 1.0))
             scale = clipped_stats(ratio, sky).variance
             variance = variance * scale
-        return Struct(image=image, variance=variance, mask=marr, bad=bad, good=good, flux=flux,
-                      varianceScale=scale, what=what)
+        return Struct(image=image, variance=variance, mask=marr, bad=bad, good=good, nonfinite=nonfinite,
+                      flux=flux, varianceScale=scale, what=what)
 
     def _fitFluxRatioShift(self, p1, p2, psf1, psf2):
         """Fit beta = F_n/F_r and/or the science-template shift; update ``p1``/``p2`` in place."""
@@ -247,12 +247,9 @@ class ZogyTask(Task):
         )
 
         bad = p1.bad | p2.bad
-        flagged = bad
         outMask = p1.mask | p2.mask
         noData = mask_bits(exposure1.getMask(), ["NO_DATA"])
-        nonfinite1 = ~(jnp.isfinite(jnp.asarray(exposure1.image.array)) & jnp.isfinite(jnp.asarray(exposure1.variance.array)))
-        nonfinite2 = ~(jnp.isfinite(jnp.asarray(exposure2.image.array)) & jnp.isfinite(jnp.asarray(exposure2.variance.array)))
-        outMask = jnp.where(nonfinite1 | nonfinite2, outMask | noData, outMask)
+        outMask = jnp.where(p1.nonfinite | p2.nonfinite, outMask | noData, outMask)
         # sources within half a PSF box of the edge are truncated by it, differently in the two
         # images: their residuals are not noise, so flag that band EDGE (not done by LSST's ZOGY)
         edgeY = max(psf1.shape[1], psf2.shape[1]) // 2
