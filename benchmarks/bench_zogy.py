@@ -129,6 +129,21 @@ def _interior_rms(a, b, border):
 # workers (each runs in its own process; results go to --out as JSON)
 
 
+def tune_malloc():
+    """NOT the default: make glibc keep and reuse freed memory (one arena, no mmap, no trim).
+
+    XLA's CPU runtime allocates every large temporary with malloc; glibc serves blocks
+    > 32 MiB with a fresh mmap and unmaps them on free, so every call pays page faults
+    for every temporary.  This reproduces, from inside the process, what
+    ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` does.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+    return all(libc.mallopt(k, v) == 1 for k, v in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
+
+
 def _jax_setup(dtype):
     import jax
 
@@ -159,6 +174,7 @@ def _hlo_summary(text, dtype):
 
 
 def worker_jax(args):
+    tuned = tune_malloc() if args.mallopt else None
     jax = _jax_setup(args.dtype)
     import jax.numpy as jnp
     import scipy.fft as sfft
@@ -169,7 +185,7 @@ def worker_jax(args):
     a, meta = load_pair(args.data, dtype)
     rep = args.repeats
     res = {"size": meta["size"], "dtype": args.dtype, "backend": jax.default_backend(),
-           "device": str(jax.devices()[0]), "x64": bool(jax.config.jax_enable_x64)}  # fmt: skip
+           "device": str(jax.devices()[0]), "x64": bool(jax.config.jax_enable_x64), "mallopt": tuned}  # fmt: skip
     fft_shape = default_fft_shape(a["new"].shape, a["psf_new"].shape, a["psf_ref"].shape)
     res["fft_shape"] = list(fft_shape)
 
@@ -178,10 +194,11 @@ def worker_jax(args):
     for label, shape in (("", a["new"].shape), ("_grid", fft_shape)):
         x = jnp.asarray(np.resize(a["new"], shape) if shape != a["new"].shape else a["new"])
         rfft(x).block_until_ready()
-        res[f"rfft2_jnp{label}_s"] = _median(timed(lambda: rfft(x).block_until_ready(), max(rep, 7)))
+        ts = timed(lambda: rfft(x).block_until_ready(), args.floor_repeats)
+        res[f"rfft2_jnp{label}_s"], res[f"rfft2_jnp{label}_min_s"] = _median(ts), min(ts)
         del x
     sfft.rfft2(a["new"], workers=2)
-    res["rfft2_scipy_s"] = _median(timed(lambda: sfft.rfft2(a["new"], workers=2), max(rep, 7)))
+    res["rfft2_scipy_s"] = _median(timed(lambda: sfft.rfft2(a["new"], workers=2), args.floor_repeats))
 
     # (2) jaxdiff zogy, per-pixel and scalar variances
     dev = {k: jax.device_put(v) for k, v in a.items() if k != "sky"}
@@ -465,6 +482,23 @@ def build_report(env, versions, peer_versions, results, args) -> tuple[str, list
                  "first call = first `zogy` call after `jax.clear_caches()` (trace + compile + run). Oracle, numpy ref and "
                  "peers are float64 and dtype-independent (measured once per size, in the first dtype's process).\n")  # fmt: skip
 
+    tuned = {k[0]: v for k, v in results.items() if k[1] == "_tuned" and "error" not in v}
+    if tuned:
+        lines.append("### Allocator effect (informational; NOT the default configuration)\n")
+        lines.append("Same worker, with glibc told to keep and reuse freed memory (`mallopt`: one arena, no mmap, "
+                     "no trim — what `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647` does). "
+                     "By default every XLA temporary larger than 32 MiB is a fresh mmap, so each call pays page faults "
+                     "for each one, and so does the rfft2 floor.\n")  # fmt: skip
+        lines.append("| N | dtype | malloc | rfft2 jnp | jaxdiff per-pixel | ×rfft2 | jaxdiff scalar | ×rfft2 |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for n, t in sorted(tuned.items()):
+            d = results.get((n, t["dtype"]), {}).get("jax", {})
+            for label, j in (("default", d), ("tuned", t)):
+                if j and "error" not in j:
+                    lines.append(f"| {n}² | {j['dtype']} | {label} | {_fmt(j['rfft2_jnp_s'])} | {_fmt(j['pixel_warm_s'])} "
+                                 f"| {j['pixel_over_rfft2']:.1f} | {_fmt(j['scalar_warm_s'])} | {j['scalar_over_rfft2']:.1f} |")  # fmt: skip
+        lines.append("")
+
     lines.append("### Peak memory of one call (fresh process, RSS increase over the inputs already in memory)\n")
     lines.append("| N | dtype | input pair (2 images) | jaxdiff per-pixel | ×pair | jaxdiff scalar | ×pair | outputs | oracle f64 | properimage | mirar pyzogy |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -617,7 +651,8 @@ def driver(args):
         (ddir / "oracle_scorr.npy").unlink(missing_ok=True)
         for i, dt in enumerate(args.dtypes):
             first = i == 0
-            argv = ["--worker", "jax", "--data", str(ddir), "--dtype", dt, "--repeats", str(args.repeats)]
+            argv = ["--worker", "jax", "--data", str(ddir), "--dtype", dt, "--repeats", str(args.repeats),
+                    "--floor-repeats", str(args.floor_repeats)]
             if first and "oracle" in peers:
                 argv.append("--oracle")
             if first and "numpyref" in peers and (n <= args.numpyref_max):
@@ -645,13 +680,18 @@ def driver(args):
                         print(f"    {k}: {j[k]:.3g}")
                 if "oracle_warm_s" in j:
                     print(f"    oracle {j['oracle_warm_s']:.3f} s", flush=True)
+        if args.tuned_malloc:
+            results[(n, "_tuned")] = _run_child(["--worker", "jax", "--data", str(ddir), "--dtype", args.dtypes[0],
+                                                 "--repeats", str(args.repeats), "--floor-repeats",
+                                                 str(args.floor_repeats), "--mallopt"], sys.executable,
+                                                args.jax_timeout, f"jax {n}² {args.dtypes[0]} tuned malloc")  # fmt: skip
         if "oracle" in peers and not args.no_memory:
             results[(n, "_oracle_mem")] = _run_child(["--worker", "mem", "--data", str(ddir), "--dtype", "float64",
                                                       "--variant", "oracle"], sys.executable, args.jax_timeout,
                                                      f"mem {n}² oracle")  # fmt: skip
         pr = {}
         for peer in sorted(peers & set(PEER_NAMES)):
-            reps = args.peer_repeats if n < 4096 else 1
+            reps = args.peer_repeats if n < 2048 else 1
             pr[peer] = _run_child(["--worker", "peer", "--peer", peer, "--data", str(ddir), "--repeats", str(reps)],
                                   peer_python, args.peer_timeout * reps + 60, f"{peer} {n}²")  # fmt: skip
             if "median_s" in pr[peer]:
@@ -681,10 +721,13 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=3, help="warm calls per jaxdiff/oracle timing (median)")
+    p.add_argument("--floor-repeats", type=int, default=15, help="calls per rfft2 floor timing (median)")
+    p.add_argument("--tuned-malloc", action="store_true",
+                   help="also time jaxdiff (first dtype) with glibc tuned to reuse memory (informational, not default)")
     p.add_argument("--peers", default="properimage,pyzogy,oracle,numpyref",
                    help=f"comma list from {ALL_PEERS}; '' for none")  # fmt: skip
     p.add_argument("--peer-python", default="/tmp/peervenv/bin/python", help="python of the peer venv")
-    p.add_argument("--peer-repeats", type=int, default=2, help="calls per peer below 4096² (1 at 4096²)")
+    p.add_argument("--peer-repeats", type=int, default=2, help="calls per peer below 2048² (1 from 2048² up)")
     p.add_argument("--peer-timeout", type=float, default=300.0, help="seconds per peer call")
     p.add_argument("--jax-timeout", type=float, default=900.0, help="seconds per jax/mem worker")
     p.add_argument("--numpyref-max", type=int, default=2048, help="largest size for the tests' numpy reference")
@@ -702,6 +745,7 @@ def main(argv=None):
     p.add_argument("--variant", default="pixel", help=argparse.SUPPRESS)
     p.add_argument("--peer", help=argparse.SUPPRESS)
     p.add_argument("--oracle", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mallopt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--numpyref", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -303,12 +303,14 @@ def _zogy_jit(
         rows, cols = (np.pad(np.arange(n), p, mode=pad_mode) for n, p in zip((h, w), pads))
 
     def pad(a, fill):
+        if (fh, fw) == (h, w):  # no padding: the FFT grid is the image (periodic boundaries)
+            return a
         if pad_mode == "constant":
             return jnp.pad(a, pads, constant_values=fill)
         return jnp.take(jnp.take(a, rows, axis=0), cols, axis=1)
 
     def crop(a):
-        return a[y0 : y0 + h, x0 : x0 + w]
+        return a if (fh, fw) == (h, w) else a[y0 : y0 + h, x0 : x0 + w]
 
     def inv(a):
         return jnp.fft.irfft2(a, s=fft_shape)

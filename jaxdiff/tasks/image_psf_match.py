@@ -1,7 +1,7 @@
 """``ImagePsfMatchTask``: the Alard-Lupton half of the seed API (LSST ``lsst.ip.diffim``).
 
 This module carries the task's identity (name ``psfMatch``, config class, warping of the template
-onto the science image) and the methods whose behaviour does not depend on the Alard-Lupton
+onto the science image with :func:`jaxdiff.warp.warp_exposure`) and the methods whose behaviour does not depend on the Alard-Lupton
 machinery (``getFwhmPix``).  The kernel-fitting methods (``makeKernelBasisList``,
 ``getSelectSources``, ``makeCandidateList``, ``matchExposures``, ``matchMaskedImages``,
 ``subtractExposures``, ``subtractMaskedImages``) belong to the Alard-Lupton issue and raise a
@@ -26,12 +26,6 @@ _AL_PENDING = (
     "use ZogyImagePsfMatchTask.run for a ZOGY difference image meanwhile."
 )
 
-_WARP_PENDING = (
-    "The template's WCS differs from the science WCS by {dist:.3g} pixels and doWarping=True, but "
-    "template warping (issue 'Registration: warp the template onto the science image') is not "
-    "implemented yet. Resample the template onto the science pixel grid first, or pass exposures "
-    "that share one WCS."
-)
 
 
 class ImagePsfMatchTask(Task):
@@ -90,7 +84,11 @@ class ImagePsfMatchTask(Task):
         return wcs_mismatch_pixels(scienceExposure, templateExposure) <= self.wcsTolerancePixels
 
     def _registerTemplate(self, templateExposure, scienceExposure, doWarping):
-        """Return the template on the science pixel grid, warping it when needed and allowed."""
+        """Return the template on the science pixel grid, warping it when needed and allowed.
+
+        Warping uses :func:`jaxdiff.warp.warp_exposure` with ``kConfig.warpingConfig``
+        (``warpingKernelName``, ``maskWarpingKernelName``, ``interpLength``, ``growFullMask``).
+        """
         if self._validateWcs(templateExposure, scienceExposure):
             return templateExposure
         if not doWarping:
@@ -102,8 +100,23 @@ class ImagePsfMatchTask(Task):
                 "no WCS, so the template cannot be warped; attach WCSs or cut both to one bbox."
             )
             raise ValueError(msg)
-        dist = wcs_mismatch_pixels(scienceExposure, templateExposure)
-        raise NotImplementedError(_WARP_PENDING.format(dist=dist))
+        from ..warp import warp_exposure
+
+        warpConfig = getattr(self.kConfig, "warpingConfig", None)
+        kernel, maskKernel, interpLength, growFullMask = "lanczos3", "bilinear", 10, None
+        if warpConfig is not None:
+            kernel = warpConfig.warpingKernelName
+            maskKernel = warpConfig.maskWarpingKernelName or kernel
+            interpLength = warpConfig.interpLength
+            growFullMask = warpConfig.growFullMask
+        self.log.info(
+            "Warping the template onto the science WCS and bbox (%s, mask %s; WCSs differ by %.3g pixels)",
+            kernel, maskKernel, wcs_mismatch_pixels(scienceExposure, templateExposure),
+        )
+        return warp_exposure(
+            templateExposure, scienceExposure.getWcs(), scienceExposure.getBBox(),
+            kernel=kernel, mask_kernel=maskKernel, interp_length=interpLength, grow_full_mask=growFullMask,
+        )
 
     # --------------------------------------------------------------------------------------
     # Alard-Lupton methods: seed signatures, pending the AL issue.
