@@ -53,12 +53,16 @@ def test_grid_with_constant_psf_matches_single_cell(field, x64):
     whole = zogy(field["new"], field["ref"], field["pn"], field["pr"], var_n, var_r, new_noise_var=100.0,
                  ref_noise_var=25.0)
     inner = (slice(30, -30), slice(30, -30))
-    # float64: agreement far below the noise.  float32: both sides carry FFT round-off at the
-    # 1e-4..1e-3 level of the brightest star (the OTFs of wide PSFs sink below float32 precision
-    # at high frequencies), so compare with the image scale instead.
-    scale = float(jnp.sqrt(jnp.mean(whole.difference_variance))) if x64 else float(jnp.abs(whole.difference).max())
-    diff = np.abs(np.asarray(grid.difference)[inner] - np.asarray(whole.difference)[inner]).max()
-    assert diff < 1e-3 * scale
+    noise = float(jnp.sqrt(jnp.mean(whole.difference_variance)))
+    delta = np.asarray(grid.difference)[inner] - np.asarray(whole.difference)[inner]
+    if x64:  # agreement far below the noise
+        assert np.abs(delta).max() < 1e-3 * noise
+    else:
+        # float32: where both OTFs sink below float32 rounding (high frequencies of these broad
+        # PSFs) the D kernels are ratios of rounding errors, different on the two FFT grids: D
+        # differs at a fraction of the noise, pixel by pixel (README, "Precision").  S_corr is not
+        # affected (checked below).
+        assert np.sqrt(np.mean(delta**2)) < 0.15 * noise
     sdiff = np.abs(np.asarray(grid.score_corr)[inner] - np.asarray(whole.score_corr)[inner]).max()
     assert sdiff < (1e-3 if x64 else 2e-2)
     np.testing.assert_allclose(np.asarray(grid.difference_variance)[inner],
@@ -77,7 +81,9 @@ def test_grid_uses_per_cell_noise(field):
     good = jnp.ones(shape, bool)
     noise = cell_noise_variances(jnp.asarray(var_n), good, cell_shape=(100, 116), n_cells=(ny, nx))
     np.testing.assert_allclose(np.asarray(noise), [[50.0, 200.0], [50.0, 200.0]], rtol=1e-6)
-    psfs = jnp.broadcast_to(jnp.asarray(field["pn"]), (ny, nx, 21, 21))
+    # a PSF whose transform stays above float32 rounding, so the check holds in both precisions
+    psf = gaussian_kernel_array(1.2, 21, 21).astype(var_n.dtype)
+    psfs = jnp.broadcast_to(jnp.asarray(psf), (ny, nx, 21, 21))
     res = zogy_cells(field["new"], field["ref"], psfs, psfs, var_n, jnp.full(shape, 25.0, var_n.dtype),
                      noise, jnp.full((ny, nx), 25.0, var_n.dtype), cell_shape=(100, 116), border=30)
     v = np.asarray(res.difference_variance)
