@@ -307,6 +307,32 @@ def test_warp_coordinates_sip_against_astropy():
     np.testing.assert_allclose(y0, ty - txy0[1], atol=1e-9)
 
 
+def test_warp_coordinates_affine_fast_path(monkeypatch):
+    """Two TAN WCSs (shift, rotation, scale): the fast path agrees with astropy's exact chain and
+    evaluates the WCS at only a few dozen points; a SIP pair falls back to the coarse grid."""
+    import jaxdiff.warp as warp
+
+    sci = _tan((100.0, 90.0), SCALE * _rot(0.0) @ np.diag([-1.0, 1.0]))
+    tmp = _tan((96.3, 93.8), SCALE * 1.002 * _rot(3.0) @ np.diag([-1.0, 1.0]))
+    bbox = Box2I((0, 0), (240, 200))
+    calls = []
+    real = warp._map_pixels
+
+    def counting(a, b, x, y):
+        calls.append(np.size(x))
+        return real(a, b, x, y)
+
+    monkeypatch.setattr(warp, "_map_pixels", counting)
+    x, y = warp_coordinates(sci, tmp, bbox, (3, -2))
+    assert sum(calls) < 100
+    yy, xx = np.mgrid[0:200, 0:240].astype(float)
+    tx, ty = tmp.world_to_pixel(sci.pixel_to_world(xx, yy))
+    assert np.max(np.hypot(x - (tx - 3), y - (ty + 2))) < 1e-3
+    calls.clear()
+    warp_coordinates(_sip_wcs(), tmp, bbox, (0, 0))
+    assert sum(calls) > 400  # distorted: the exact coarse grid is evaluated
+
+
 # ----------------------------------------------------------------------------------------------
 # (d) masks and footprint
 # ----------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ _KERNELS = {
     "lanczos3": "Lanczos order 3",
     "lanczos4": "Lanczos order 4",
     "lanczos5": "Lanczos order 5",
+    "lanczos3_linear": "Lanczos order 3 corrected to reproduce linear ramps exactly (jaxdiff extension)",
     "nearest": "nearest neighbour",
 }
 
