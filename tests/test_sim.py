@@ -251,7 +251,7 @@ def test_noise_is_unit_normal_in_units_of_the_variance_plane(gain):
     kw = dict(n_stars=150, gain=gain, read_noise=4.0, background_offset=[2.0, 1.0, 0.5])
     p = sim.simulate_pair(5, (256, 256), **kw)
     t = p.truth
-    img, var = p.science.image.array, p.science.variance.array
+    var = p.science.variance.array
     # the variance formula, independently: (model + sky) / gain + (rn / gain)^2
     np.testing.assert_allclose(var, (t.science_model + 100.0) / gain + (4.0 / gain) ** 2, rtol=1e-6)
     np.testing.assert_allclose(
