@@ -116,6 +116,11 @@ def _numpyref_call(a, meta, fft_shape):
                           f_new=meta["flux_ratio"], f_ref=1.0, fft_shape=fft_shape)  # fmt: skip
 
 
+def _cpu_s():
+    """CPU seconds (user + system, all threads) used by this process so far."""
+    return time.process_time()
+
+
 def _median(ts):
     return float(np.median(ts)) if ts else None
 
@@ -184,7 +189,7 @@ def worker_jax(args):
     dtype = np.dtype(args.dtype)
     a, meta = load_pair(args.data, dtype)
     rep = args.repeats
-    res = {"size": meta["size"], "dtype": args.dtype, "backend": jax.default_backend(),
+    res = {"size": meta["size"], "dtype": args.dtype, "backend": jax.default_backend(), "loadavg_start": os.getloadavg(),
            "device": str(jax.devices()[0]), "x64": bool(jax.config.jax_enable_x64), "mallopt": tuned}  # fmt: skip
     fft_shape = default_fft_shape(a["new"].shape, a["psf_new"].shape, a["psf_ref"].shape)
     res["fft_shape"] = list(fft_shape)
@@ -194,7 +199,9 @@ def worker_jax(args):
     for label, shape in (("", a["new"].shape), ("_grid", fft_shape)):
         x = jnp.asarray(np.resize(a["new"], shape) if shape != a["new"].shape else a["new"])
         rfft(x).block_until_ready()
+        c0 = _cpu_s()
         ts = timed(lambda: rfft(x).block_until_ready(), args.floor_repeats)
+        res[f"rfft2_jnp{label}_cpu_s"] = (_cpu_s() - c0) / args.floor_repeats
         res[f"rfft2_jnp{label}_s"], res[f"rfft2_jnp{label}_min_s"] = _median(ts), min(ts)
         del x
     sfft.rfft2(a["new"], workers=2)
@@ -221,7 +228,9 @@ def worker_jax(args):
         out = call()
         res[f"{variant}_first_call_s"] = time.perf_counter() - t0
         call()  # one more warm-up
+        c0 = _cpu_s()
         ts = timed(call, rep)
+        res[f"{variant}_cpu_s"] = (_cpu_s() - c0) / rep
         res[f"{variant}_warm_s"], res[f"{variant}_warm_all_s"] = _median(ts), ts
         res[f"{variant}_over_rfft2"] = res[f"{variant}_warm_s"] / res["rfft2_jnp_s"]
         out = call()
@@ -255,6 +264,7 @@ def worker_jax(args):
         res["numpyref_s"] = time.perf_counter() - t0
         res["numpyref_quality"] = scorr_quality(out["score_corr"], a64["sky"], meta)
         res["pixel_scorr_rms_vs_numpyref"] = _interior_rms(scorr["pixel"], out["score_corr"], border)
+    res["loadavg_end"] = os.getloadavg()
     return res
 
 
@@ -406,6 +416,17 @@ def _run_child(argv, python, timeout, label):
     return res
 
 
+def _wait_for_load(max_load, max_wait):
+    """Wait (up to max_wait s) until the 1-minute load average is below max_load (0: don't wait)."""
+    if not max_load:
+        return
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= max_load and time.perf_counter() - t0 < max_wait:
+        time.sleep(10)
+    if os.getloadavg()[0] >= max_load:
+        print(f"  (load {os.getloadavg()[0]:.2f} still >= {max_load} after {max_wait:.0f} s; going on)", flush=True)
+
+
 def _versions(python):
     code = ("import json,importlib.metadata as m\nout={}\n"
             "for n in ('jax','jaxlib','numpy','scipy','astropy','properimage','mirar','pyFFTW','sep'):\n"
@@ -481,6 +502,21 @@ def build_report(env, versions, peer_versions, results, args) -> tuple[str, list
                  "\"fft grid\": the padded grid jaxdiff's default `fft_shape` uses. Compile = `jax.jit(zogy).lower().compile()`; "
                  "first call = first `zogy` call after `jax.clear_caches()` (trace + compile + run). Oracle, numpy ref and "
                  "peers are float64 and dtype-independent (measured once per size, in the first dtype's process).\n")  # fmt: skip
+
+    lines.append("### CPU time per call (user + system, all threads) and machine load during each worker\n")
+    lines.append("CPU seconds are less sensitive than wall time to other processes on the machine; the load is the "
+                 "1-minute load average when the worker started and ended (the worker itself adds up to 2).\n")  # fmt: skip
+    lines.append("| N | dtype | load start → end | rfft2 jnp cpu-s | per-pixel cpu-s | ×rfft2 | scalar cpu-s | ×rfft2 |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for (n, dt), r in sorted(results.items()):
+        j = r.get("jax") if isinstance(r, dict) else None
+        if not j or "error" in j or "pixel_cpu_s" not in j:
+            continue
+        c0 = max(j["rfft2_jnp_cpu_s"], 1e-9)
+        lines.append(f"| {n}² | {dt} | {j['loadavg_start'][0]:.2f} → {j['loadavg_end'][0]:.2f} | {_fmt(c0)} "
+                     f"| {_fmt(j['pixel_cpu_s'])} | {j['pixel_cpu_s'] / c0:.1f} | {_fmt(j['scalar_cpu_s'])} "
+                     f"| {j['scalar_cpu_s'] / c0:.1f} |")  # fmt: skip
+    lines.append("")
 
     tuned = {k[0]: v for k, v in results.items() if k[1] == "_tuned" and "error" not in v}
     if tuned:
@@ -659,6 +695,7 @@ def driver(args):
                 argv.append("--numpyref")
             if args.profile:
                 argv.append("--profile")
+            _wait_for_load(args.max_load, args.max_wait)
             r = {"jax": _run_child(argv, sys.executable, args.jax_timeout, f"jax {n}² {dt}")}
             if not args.no_memory:
                 for variant in ("pixel", "scalar"):
@@ -670,7 +707,9 @@ def driver(args):
             if "error" not in j:
                 print(f"    rfft2 jnp {j['rfft2_jnp_s']:.4f} s, scipy {j['rfft2_scipy_s']:.4f} s; grid {j['fft_shape']}; "
                       f"pixel {j['pixel_warm_s']:.3f} s ({j['pixel_over_rfft2']:.1f}×), scalar {j['scalar_warm_s']:.3f} s "
-                      f"({j['scalar_over_rfft2']:.1f}×); compile {j['pixel_compile_s']:.1f}/{j['scalar_compile_s']:.1f} s",
+                      f"({j['scalar_over_rfft2']:.1f}×); compile {j['pixel_compile_s']:.1f}/{j['scalar_compile_s']:.1f} s; "
+                      f"cpu-s/call rfft2 {j['rfft2_jnp_cpu_s']:.4f} pixel {j['pixel_cpu_s']:.3f} scalar {j['scalar_cpu_s']:.3f}; "
+                      f"load {j['loadavg_start'][0]:.2f}->{j['loadavg_end'][0]:.2f}",
                       flush=True)  # fmt: skip
                 for k in ("pixel_quality", "scalar_quality", "oracle_quality", "numpyref_quality"):
                     if k in j:
@@ -732,6 +771,9 @@ def main(argv=None):
     p.add_argument("--jax-timeout", type=float, default=900.0, help="seconds per jax/mem worker")
     p.add_argument("--numpyref-max", type=int, default=2048, help="largest size for the tests' numpy reference")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process peak-memory runs")
+    p.add_argument("--max-load", type=float, default=0.0,
+                   help="before each jax worker wait until the 1-min load average is below this (0: don't wait)")
+    p.add_argument("--max-wait", type=float, default=120.0, help="longest wait for --max-load, seconds")
     p.add_argument("--profile", action="store_true", help="extra timings (no score) and compiled-HLO counts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxdiff_bench"))
