@@ -3,8 +3,9 @@
 
 Usage (full run, ~15-25 minutes on a 2-core machine)::
 
-    python benchmarks/bench_zogy.py --sizes 1024 2048 4096 --dtypes float32 float64 --repeats 3 \
-        --peers properimage,pyzogy,oracle,numpyref --write-readme
+    python benchmarks/bench_zogy.py --sizes 1024 2048 4096 --dtypes float32 float64 --repeats 3
+        --peers properimage,pyzogy,oracle,numpyref --peer-timeout 400 --max-load 1.0 --max-wait 120
+        --profile --tuned-malloc --write-readme      (one command line)
 
 Every measurement runs in a child process, so the driver's own memory and caches never
 interfere: one "jax" worker per (size, dtype) times the FFT floor, jaxdiff (per-pixel and
@@ -646,9 +647,11 @@ def write_readme(report: str):
         new = pre + block + post
     else:
         new = (text.rstrip() + "\n\n## Results\n\n" if text else "# ZOGY benchmarks\n\n## Results\n\n") + block + "\n"
+    mode = README.stat().st_mode & 0o777 if README.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=str(README.parent), prefix=".README.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(new)
+    os.chmod(tmp, mode if mode & 0o044 else 0o644)  # mkstemp makes 0600 files
     os.replace(tmp, README)
 
 
