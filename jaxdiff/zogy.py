@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._fft import centered_dft_matrix, fast_fft_shape, psf_to_otf
+from ._fft import centered_dft_matrix, fast_fft_shape, fast_fft_size, psf_to_otf
 
 __all__ = ["PAD_MODES", "ZogyResult", "default_fft_shape", "zogy"]
 
@@ -180,9 +180,11 @@ def zogy(
     with scalar variances; per-pixel variance maps add 2 forward (maps), 4 × (inverse +
     forward) to square the four kernels, and 2 inverse (V_D, V_S): 16 in total.  A non-zero
     astrometric term adds 1 inverse (S_N and S_R separately); ``calculate_score=False``
-    needs 3 (scalar) or 10 (per-pixel).  The PSF transfer functions and the P_D / P_S
-    stamps are computed with skinny matrix products (separable DFTs restricted to the
-    stamp), not full-size FFTs.  On XLA:CPU an ``irfft2`` costs about 1.8 ``rfft2``.
+    needs 3 (scalar) or 10 (per-pixel).  The PSF transfer functions are computed with
+    skinny matrix products (separable DFTs restricted to the stamp), not full-size FFTs;
+    the P_D / P_S stamps come from their spectra on a small grid of about 64 stamp sizes
+    (or ``fft_shape`` when that is smaller), so they do not depend on the image size.
+    On XLA:CPU an ``irfft2`` costs about 1.8 ``rfft2``.
 
     Conditioning: where *both* PSF transfer functions fall to rounding level (|P̂| ≲ 1e-7 in
     float32, ≲ 1e-16 in float64; for Gaussians σ ≳ 1.5 px resp. ≳ 3 px), ĉ1 and ĉ2 are
@@ -327,33 +329,55 @@ def _zogy_jit(
 
     n_hat = jnp.fft.rfft2(pad(new_image, 0))
     r_hat = jnp.fft.rfft2(pad(ref_image, 0))
-    pn = psf_to_otf(new_psf / jnp.sum(new_psf), fft_shape)
-    pr = psf_to_otf(ref_psf / jnp.sum(ref_psf), fft_shape)
-    pn2 = pn.real**2 + pn.imag**2
-    pr2 = pr.real**2 + pr.imag**2
+    pn_norm, pr_norm = new_psf / jnp.sum(new_psf), ref_psf / jnp.sum(ref_psf)
 
     a1 = new_noise_var * f_ref**2
     a2 = ref_noise_var * f_new**2
     fd_denom = jnp.sqrt(a1 + a2)
     f_d = f_new * f_ref / fd_denom
-    s_den = a1 * pr2 + a2 * pn2
-    degenerate = s_den < tiny
-    # double where: the unused branch sees 1, so values and fwd/rev gradients stay finite
-    inv_den = jnp.where(degenerate, 0, jax.lax.rsqrt(jnp.where(degenerate, 1, s_den)))  # 1/sqrt(S_den)
-    inv_s = inv_den**2
-    deg_c = jnp.where(degenerate, 1 / fd_denom, 0)  # eq. 13 kernels at degenerate frequencies
-    n_degenerate = full_sum(degenerate.astype(jnp.int32))
 
-    # D kernels (eq. 13): c1 = f_ref (P_r inv_den + deg_c), c2 = f_new (P_n inv_den + deg_c)
-    c1 = cx(f_ref * inv_den) * pr + cx(f_ref * deg_c)
-    c2 = cx(f_new * inv_den) * pn + cx(f_new * deg_c)
-    difference = crop(inv(c1 * n_hat - c2 * r_hat)) / f_d
-    pd_hat = cx(fd_denom * inv_den) * pn * pr  # eq. 14
-    stamp_mats = [jnp.asarray(m, cdtype) for m in _stamp_idft_matrices(fft_shape, new_psf.shape)]
+    def spectra(grid):
+        """Fourier-space ZOGY quantities (half spectra) on an FFT grid ``grid``."""
+        pn = psf_to_otf(pn_norm, grid)
+        pr = psf_to_otf(pr_norm, grid)
+        pn2 = pn.real**2 + pn.imag**2
+        pr2 = pr.real**2 + pr.imag**2
+        s_den = a1 * pr2 + a2 * pn2
+        degenerate = s_den < tiny
+        # double where: the unused branch sees 1, so values and fwd/rev gradients stay finite
+        inv_den = jnp.where(degenerate, 0, jax.lax.rsqrt(jnp.where(degenerate, 1, s_den)))  # 1/sqrt(S_den)
+        inv_s = inv_den**2
+        deg_c = jnp.where(degenerate, 1 / fd_denom, 0)  # eq. 13 kernels at degenerate frequencies
+        q = dict(pn2=pn2, pr2=pr2, inv_s=inv_s, deg_c=deg_c, degenerate=degenerate)
+        # D kernels (eq. 13): c1 = f_ref (P_r inv_den + deg_c), c2 = f_new (P_n inv_den + deg_c)
+        q["c1"] = cx(f_ref * inv_den) * pr + cx(f_ref * deg_c)
+        q["c2"] = cx(f_new * inv_den) * pn + cx(f_new * deg_c)
+        q["pd_hat"] = cx(fd_denom * inv_den) * pn * pr  # eq. 14
+        # score kernels (eq. 12): k1 = F_n F_r² P_n* |P_r|² / S_den, k2 = F_r F_n² P_r* |P_n|² / S_den
+        q["g1"] = f_new * f_ref**2 * pr2 * inv_s
+        q["g2"] = f_ref * f_new**2 * pn2 * inv_s
+        q["k1"] = cx(q["g1"]) * jnp.conj(pn)
+        q["k2"] = cx(q["g2"]) * jnp.conj(pr)
+        q["ps_hat"] = cx(fd_denom**2 * pn2 * pr2 * inv_s)  # eq. 17
+        return q
 
-    def stamps(*spectra):  # normalised PSF stamps from half spectra, without full-size inverse FFTs
+    full = spectra(fft_shape)
+    n_degenerate = full_sum(full["degenerate"].astype(jnp.int32))
+    difference = crop(inv(full["c1"] * n_hat - full["c2"] * r_hat)) / f_d
+
+    # P_D and P_S stamps from the spectra on a small grid (>= 64 stamp sizes; the full grid when
+    # that is not smaller) instead of matrix products over the full-size half spectra.  Their
+    # real-space kernels decay within a few stamp sizes; the full-grid stamps themselves depend
+    # on the grid size at the level of the aliased tails (up to ~1e-8 relative in float64 for
+    # broad, truncated stamps), and the 64x grid stays within that level.
+    kmax = [max(a, b) for a, b in zip(new_psf.shape, ref_psf.shape)]
+    small_shape = tuple(min(fast_fft_size(64 * k), f) for k, f in zip(kmax, fft_shape))
+    small = full if small_shape == fft_shape else spectra(small_shape)
+    stamp_mats = [jnp.asarray(m, cdtype) for m in _stamp_idft_matrices(small_shape, new_psf.shape)]
+
+    def stamps(*spectra_):  # normalised PSF stamps from half spectra, without full-size inverse FFTs
         mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-        out = [mm(stamp_mats[0], mm(spec, stamp_mats[1])).real for spec in spectra]
+        out = [mm(stamp_mats[0], mm(spec, stamp_mats[1])).real for spec in spectra_]
         return [o / jnp.sum(o) for o in out]
 
     scalar_var = new_variance.ndim == 0 and ref_variance.ndim == 0
@@ -361,28 +385,26 @@ def _zogy_jit(
         v1_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(new_variance, (h, w)), new_noise_var))
         v2_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(ref_variance, (h, w)), ref_noise_var))
 
-    def propagate(k1_hat, k2_hat, k1_sq, k2_sq):
-        """k1² ⊛ V_new + k2² ⊛ V_ref for kernels given by their half spectra (|k̂|² given too)."""
+    def propagate(k1, k2, k1_sq, k2_sq):
+        """k1² ⊛ V_new + k2² ⊛ V_ref for kernels named k1, k2 (|k̂|² given too)."""
         if scalar_var:  # Parseval: sum_x k(x)^2 = sum_f |k̂(f)|^2 / (H W)
             var = full_sum(new_variance * k1_sq + ref_variance * k2_sq) / (fh * fw)
             return jnp.full((h, w), var, dtype)
-        k1_sq_hat = jnp.fft.rfft2(inv(k1_hat) ** 2)
-        k2_sq_hat = jnp.fft.rfft2(inv(k2_hat) ** 2)
+        # full grid: where both OTFs are at rounding level the D kernels need not decay
+        k1_sq_hat = jnp.fft.rfft2(inv(full[k1]) ** 2)
+        k2_sq_hat = jnp.fft.rfft2(inv(full[k2]) ** 2)
         return crop(inv(k1_sq_hat * v1_hat + k2_sq_hat * v2_hat))
 
+    inv_s, deg_c, pn2, pr2 = full["inv_s"], full["deg_c"], full["pn2"], full["pr2"]
     c1_sq = f_ref**2 * (inv_s * pr2 + deg_c**2)
     c2_sq = f_new**2 * (inv_s * pn2 + deg_c**2)
-    difference_variance = propagate(c1, c2, c1_sq, c2_sq) / f_d**2
+    difference_variance = propagate("c1", "c2", c1_sq, c2_sq) / f_d**2
     if not calculate_score:
-        (difference_psf,) = stamps(pd_hat)
+        (difference_psf,) = stamps(small["pd_hat"])
         return ZogyResult(difference, difference_variance, difference_psf, f_d, None, None, None, None, None,
                           n_degenerate)  # fmt: skip
 
-    # score kernels (eq. 12): k1 = F_n F_r² P_n* |P_r|² / S_den, k2 = F_r F_n² P_r* |P_n|² / S_den
-    g1 = f_new * f_ref**2 * pr2 * inv_s
-    g2 = f_ref * f_new**2 * pn2 * inv_s
-    k1 = cx(g1) * jnp.conj(pn)
-    k2 = cx(g2) * jnp.conj(pr)
+    k1, k2, g1, g2 = full["k1"], full["k2"], full["g1"], full["g2"]
     if sigmas is None:
         score = crop(inv(k1 * n_hat - k2 * r_hat))
         astrometric_variance = jnp.zeros((h, w), dtype)
@@ -397,8 +419,8 @@ def _zogy_jit(
         new_term = sxn**2 * grad2(s_new, 1) + syn**2 * grad2(s_new, 0)  # x = columns (axis 1), y = rows
         ref_term = sxr**2 * grad2(s_ref, 1) + syr**2 * grad2(s_ref, 0)
         astrometric_variance = crop(new_term + ref_term)  # eqs. 30-33
-    score_variance = propagate(k1, k2, g1**2 * pn2, g2**2 * pr2)
-    difference_psf, score_psf = stamps(pd_hat, cx(fd_denom**2 * pn2 * pr2 * inv_s))  # eqs. 14, 17
+    score_variance = propagate("k1", "k2", g1**2 * pn2, g2**2 * pr2)
+    difference_psf, score_psf = stamps(small["pd_hat"], small["ps_hat"])  # eqs. 14, 17
     total = score_variance + astrometric_variance
     ok = total > tiny
     score_corr = jnp.where(ok, score / jnp.sqrt(jnp.where(ok, total, 1)), 0)

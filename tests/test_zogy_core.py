@@ -71,6 +71,9 @@ CASES = {
                                mode="symmetric"),
     "wrap-perpixel": dict(shape=(48, 56), psfs=((1.2, 7), (0.8, 5)), var="map", ast=None, mode="wrap",
                           fft_shape=(48, 56)),
+    # FFT grid much larger than 64x the stamps: P_D and P_S come from the small stamp grid
+    "large-smallstamps": dict(shape=(400, 360), psfs=((1.1, 5), (0.9, 5)), var="scalar", ast=None,
+                              mode="reflect"),
 }  # fmt: skip
 
 
