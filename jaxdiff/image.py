@@ -484,9 +484,8 @@ class Mask(Image):
         return bit
 
     def removeAndClearMaskPlane(self, name):
-        bitmask = self.getPlaneBitMask(name)
+        """Clear plane ``name`` everywhere and remove it from this mask's dictionary."""
         self.clearMaskPlane(self.getMaskPlane(name))
-        del bitmask
         self._planes = _freeze_planes({k: v for k, v in self._planes if k != name})
 
     def clearMaskPlane(self, bit):

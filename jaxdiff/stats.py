@@ -14,10 +14,12 @@ statistics (numpy's default), as afw does.
 
 from typing import NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ClippedStats", "clipped_stats", "robust_std", "valid_pixels"]
+__all__ = ["ClippedStats", "clipped_stats", "robust_std"]
 
 #: 1 / (2 * 0.6744897...) : converts an interquartile range into a Gaussian sigma.
 IQR_TO_SIGMA = 0.741301109252802
@@ -30,14 +32,6 @@ class ClippedStats(NamedTuple):
     variance: jax.Array
     median: jax.Array
     n_used: jax.Array
-
-
-def valid_pixels(values, mask=None, and_mask=0):
-    """Boolean array: finite values whose mask has none of the bits in ``and_mask`` set."""
-    ok = jnp.isfinite(values)
-    if mask is not None and and_mask:
-        ok = ok & ((mask & and_mask) == 0)
-    return ok
 
 
 def _masked_quantiles(values, valid, qs):
@@ -57,6 +51,7 @@ def _masked_quantiles(values, valid, qs):
     return out, n
 
 
+@functools.partial(jax.jit, static_argnames=("n_iter",))
 def clipped_stats(values, valid=None, *, n_sigma=3.0, n_iter=3):
     """Iteratively sigma-clipped mean and variance, afw's MEANCLIP / VARIANCECLIP.
 
@@ -109,6 +104,7 @@ def clipped_stats(values, valid=None, *, n_sigma=3.0, n_iter=3):
     return ClippedStats(mean, var, q50, n)
 
 
+@jax.jit
 def robust_std(values, valid=None):
     """Gaussian-equivalent standard deviation from the interquartile range (``0.7413 * IQR``)."""
     values = jnp.asarray(values)

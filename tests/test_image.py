@@ -51,6 +51,8 @@ def test_add_mask_plane_and_unknown_plane():
     assert int(m.array.sum()) == 3 * (1 << 9)
     with pytest.raises(KeyError, match="unknown mask plane 'NOPE'.*addMaskPlane"):
         m.getPlaneBitMask("NOPE")
+    m.removeAndClearMaskPlane("STREAK")
+    assert "STREAK" not in m.getMaskPlaneDict() and int(m.array.sum()) == 0
 
 
 def test_mask_or_merges_planes():

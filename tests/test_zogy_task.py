@@ -413,7 +413,5 @@ def test_run_warps_a_shifted_template(kernel):
     # resampling correlates the template noise, which the per-pixel variance does not describe:
     # S_corr's std rises by ~0.1 over an unwarped pair (doNormalizeScore corrects it empirically)
     assert 0.9 < s[ok].std() < 1.3
-    unwarped = _arr(_task().run(pair.science, pair.template.clone(), doWarping=True).scoreCorrExposure.image.array)
-    assert unwarped.shape == s.shape
     with pytest.raises(RuntimeError, match="not registered"):
         _task().run(pair.science, pair.template, doWarping=False)
