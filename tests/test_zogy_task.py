@@ -327,14 +327,6 @@ def test_dimension_mismatch_and_wcs(small_pair):
     assert np.median(np.abs(inner - ref)) < 0.2 * np.std(np.asarray(b.image.array))
 
 
-def test_subtract_methods_raise_as_in_lsst(small_pair):
-    task = _task()
-    with pytest.raises(NotImplementedError):
-        task.subtractExposures(small_pair.template, small_pair.science)
-    with pytest.raises(NotImplementedError):
-        task.subtractMaskedImages(small_pair.template, small_pair.science)
-
-
 def test_metadata_and_timers(small_pair):
     task = _task(doScaleVariance=True, doNormalizeScore=True)
     res = task.run(small_pair.science, small_pair.template)

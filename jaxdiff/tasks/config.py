@@ -572,6 +572,15 @@ class ImagePsfMatchConfig(Config):
     selectMeasurement = ConfigField(
         dtype=SingleFrameMeasurementConfig, doc="Measurement of the detected kernel candidates."
     )
+    maxSelectSources = Field(
+        dtype=int, default=5000, check=lambda x: x >= 1,
+        doc="jaxdiff: maximum number of sources getSelectSources keeps (brightest first; a static array size).",
+    )
+    doDecorrelation = Field(
+        dtype=bool, default=False,
+        doc="jaxdiff: whiten the Alard-Lupton difference (DMTN-021) in subtractExposures and add a score "
+        "exposure (LSST does this in a separate DecorrelateALKernelTask).",
+    )
 
     def setDefaults(self):
         super().setDefaults()

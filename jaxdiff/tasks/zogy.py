@@ -26,6 +26,9 @@ Deviations from LSST's ``ip_diffim`` (2021-2023 ``zogy.py``), each deliberate:
   kept them unflagged), and the band of half a PSF box along the image edges is flagged ``EDGE``:
   sources there are truncated by the edge, differently in the two images, so their residuals are
   not noise (detection should skip EDGE pixels; the values are kept).
+* ``subtractExposures`` / ``subtractMaskedImages`` are inherited from :class:`ImagePsfMatchTask`
+  and do the Alard-Lupton subtraction the seed documents for them (LSST's ZOGY task raised
+  NotImplementedError).
 * Two optional noise calibrations, off by default for LSST parity: ``doScaleVariance`` rescales each
   input variance plane to the measured pixel noise, and ``doNormalizeScore`` divides S_corr by its
   robust standard deviation.
@@ -396,11 +399,3 @@ class ZogyImagePsfMatchTask(ImagePsfMatchTask):
             templateVarianceScale=results.templateVarianceScale,
             scoreNormalizationFactor=results.scoreNormalizationFactor,
         )
-
-    def subtractExposures(self, templateExposure, scienceExposure, *args, **kwargs):
-        """Not available for ZOGY (as in LSST): use :meth:`run`."""
-        raise NotImplementedError("ZogyImagePsfMatchTask.subtractExposures is not implemented; use run().")
-
-    def subtractMaskedImages(self, templateExposure, scienceExposure, *args, **kwargs):
-        """Not available for ZOGY (as in LSST): use :meth:`run`."""
-        raise NotImplementedError("ZogyImagePsfMatchTask.subtractMaskedImages is not implemented; use run().")

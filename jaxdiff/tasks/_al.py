@@ -1,0 +1,803 @@
+"""Alard-Lupton bookkeeping for the task shell: candidates, cells, the clipping loop, result objects.
+
+The numerics (stamp fits, residual statistics, the spatial system) are the jitted, vmapped
+functions of :mod:`jaxdiff.kernel_fit`; this module only decides which candidates enter which fit,
+following LSST's ``PsfMatchTask._solve`` loop (spec ``research/lsst_ip_diffim.md`` sections 2.8,
+4.3.3, 4.5-4.8). All single-stamp fits are computed once for every candidate (one batched call);
+LSST's "visit the first ``nStarPerCell`` non-BAD candidates of every cell" then becomes a selection
+on small host arrays, so rejecting candidates never recompiles anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import kernel_fit as kf
+from ..image import Box2I
+from ..spatial import SpatialRange, n_spatial_terms, spatial_basis
+from ..stats import clipped_stats
+from .errors import InsufficientKernelSourcesError, NoKernelCandidatesError, PsfMatchingError
+
+__all__ = [
+    "CandidateSource",
+    "Footprint",
+    "KernelCandidate",
+    "KernelCellSet",
+    "SpatialKernel",
+    "BackgroundModel",
+]
+
+GOOD, BAD, UNKNOWN = "GOOD", "BAD", "UNKNOWN"
+
+
+# ------------------------------------------------------------------------------------------
+# Candidate inputs
+class CandidateSource:
+    """A minimal source record (what LSST's ``SourceRecord`` offers to PSF matching).
+
+    Parameters
+    ----------
+    x, y : float
+        PARENT centroid.
+    id : int
+    flux, snr : float, optional
+        PSF flux and its signal-to-noise ratio (informational).
+    """
+
+    def __init__(self, x, y, id=0, flux=float("nan"), snr=float("nan")):
+        self.x, self.y, self.id, self.flux, self.snr = float(x), float(y), int(id), float(flux), float(snr)
+
+    def getX(self):
+        return self.x
+
+    def getY(self):
+        return self.y
+
+    def getCentroid(self):
+        return (self.x, self.y)
+
+    def getId(self):
+        return self.id
+
+    def getPsfInstFlux(self):
+        return self.flux
+
+    def __repr__(self):
+        return f"CandidateSource(id={self.id}, x={self.x:.2f}, y={self.y:.2f})"
+
+
+class Footprint:
+    """A rectangular footprint: the kernel-candidate stamp box (PARENT, inclusive ``Box2I``)."""
+
+    def __init__(self, bbox):
+        self._bbox = bbox
+
+    def getBBox(self):
+        return self._bbox
+
+    def __repr__(self):
+        return f"Footprint({self._bbox!r})"
+
+
+def _source_xy(source):
+    if hasattr(source, "getX") and hasattr(source, "getY"):
+        return float(source.getX()), float(source.getY())
+    if hasattr(source, "getCentroid"):
+        c = source.getCentroid()
+        return float(c[0]), float(c[1])
+    if isinstance(source, (tuple, list, np.ndarray)) and len(source) == 2:
+        return float(source[0]), float(source[1])
+    raise TypeError(
+        f"cannot read a position from kernel candidate source {source!r}: give an object with getX()/getY(), "
+        "or an (x, y) pair"
+    )
+
+
+def _footprint_box(footprint):
+    if footprint is None:
+        return None
+    if hasattr(footprint, "getBBox"):
+        return footprint.getBBox()
+    if isinstance(footprint, Box2I):
+        return footprint
+    if isinstance(footprint, (tuple, list, np.ndarray)) and len(footprint) == 4:
+        x0, y0, x1, y1 = (int(v) for v in footprint)
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"footprint box {tuple(footprint)} is empty; give (minX, minY, maxX, maxY), inclusive")
+        return Box2I.fromMinMax((x0, y0), (x1, y1))
+    raise TypeError(
+        f"cannot read a box from footprint {footprint!r}: give an object with getBBox() or a "
+        "(minX, minY, maxX, maxY) inclusive tuple"
+    )
+
+
+def normalize_candidates(candidateList):
+    """Turn the accepted candidate-list forms into ``[(source, box_or_None)]``.
+
+    Accepted: a list of dicts with ``source`` and ``footprint``; objects with ``getSource()``; an
+    astropy Table with ``x`` and ``y`` columns; a list of ``(x, y)`` pairs or source records.
+    """
+    if candidateList is None:
+        return None
+    try:
+        from astropy.table import Table
+    except ImportError:  # pragma: no cover - astropy is a dependency
+        Table = ()
+    if isinstance(candidateList, Table):
+        for col in ("x", "y"):
+            if col not in candidateList.colnames:
+                raise ValueError(f"candidate table needs 'x' and 'y' columns (PARENT pixels); it has {candidateList.colnames}")
+        ids = candidateList["id"] if "id" in candidateList.colnames else range(1, len(candidateList) + 1)
+        return [(CandidateSource(x, y, int(i)), None) for x, y, i in zip(candidateList["x"], candidateList["y"], ids)]
+    out = []
+    kinds = set()
+    for i, item in enumerate(candidateList):
+        if isinstance(item, dict):
+            kinds.add("dict")
+            if "source" not in item:
+                raise ValueError(f"candidate {i} is a dict without a 'source' entry: {item!r}")
+            src = item["source"]
+            box = _footprint_box(item.get("footprint"))
+        elif hasattr(item, "getSource"):
+            kinds.add("wrapped")
+            src, box = item.getSource(), None
+        else:
+            kinds.add("source")
+            src, box = item, None
+        x, y = _source_xy(src)
+        if not isinstance(src, CandidateSource) and not hasattr(src, "getX"):
+            src = CandidateSource(x, y, i + 1)
+        out.append((src, box))
+    if len(kinds) > 1:
+        raise RuntimeError(f"candidate list mixes element types {sorted(kinds)}; use one kind throughout")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Results
+@dataclass
+class KernelCandidate:
+    """One kernel candidate (LSST ``KernelCandidate`` bookkeeping).
+
+    Attributes are PARENT positions, the stamp box, its cell, its rating, the single-stamp kernel
+    sum/background/residual statistics, the residual statistics under the spatial model, and a
+    status (``"GOOD"``, ``"BAD"``, ``"UNKNOWN"`` if never visited) with the reason for a rejection.
+    """
+
+    id: int
+    x: float
+    y: float
+    bbox: Box2I
+    cell: int
+    rating: float
+    kernelSum: float = float("nan")
+    background: float = float("nan")
+    residualMean: float = float("nan")
+    residualRms: float = float("nan")
+    spatialResidualMean: float = float("nan")
+    spatialResidualRms: float = float("nan")
+    status: str = UNKNOWN
+    reason: str = ""
+    usedInSpatialFit: bool = False
+
+    def getId(self):
+        return self.id
+
+    def getStatus(self):
+        return self.status
+
+    def getXCenter(self):
+        return self.x
+
+    def getYCenter(self):
+        return self.y
+
+    def getCandidateRating(self):
+        return self.rating
+
+    def getKsum(self):
+        return self.kernelSum
+
+    def getBackground(self):
+        return self.background
+
+    def isGood(self):
+        return self.status == GOOD
+
+
+@dataclass
+class KernelCellSet:
+    """The candidates, their cells and statuses (an equivalent of afw's ``SpatialCellSet``).
+
+    Attributes
+    ----------
+    bbox : Box2I
+        Region split into cells of ``sizeX x sizeY`` (row-major from the lower left).
+    candidates : list of KernelCandidate
+    """
+
+    bbox: Box2I
+    sizeX: int
+    sizeY: int
+    candidates: list = field(default_factory=list)
+
+    @property
+    def nx(self):
+        return max(1, math.ceil(self.bbox.getWidth() / self.sizeX))
+
+    @property
+    def ny(self):
+        return max(1, math.ceil(self.bbox.getHeight() / self.sizeY))
+
+    def getBBox(self):
+        return self.bbox
+
+    def getCellList(self):
+        """Candidates grouped per cell (list of lists, sorted by descending rating)."""
+        cells = [[] for _ in range(self.nx * self.ny)]
+        for c in self.candidates:
+            cells[c.cell].append(c)
+        return [sorted(cl, key=lambda c: -c.rating if np.isfinite(c.rating) else np.inf) for cl in cells]
+
+    def nGood(self):
+        return sum(c.status == GOOD for c in self.candidates)
+
+    def nBad(self):
+        return sum(c.status == BAD for c in self.candidates)
+
+    def __len__(self):
+        return len(self.candidates)
+
+    def __iter__(self):
+        return iter(self.candidates)
+
+    def toTable(self):
+        """An astropy Table with one row per candidate."""
+        from astropy.table import Table
+
+        names = ["id", "x", "y", "cell", "rating", "status", "kernelSum", "background", "residualMean",
+                 "residualRms", "spatialResidualMean", "spatialResidualRms", "usedInSpatialFit", "reason"]
+        rows = [[getattr(c, n) for n in names] for c in self.candidates]
+        if not rows:
+            return Table(names=names)
+        return Table(rows=rows, names=names)
+
+
+class SpatialKernel:
+    """The PSF-matching kernel: basis kernels with spatially varying coefficients.
+
+    ``K(x, y) = sum_k f_k(x, y) B_k`` with ``f_k = spatial_basis(x, y, order) @ kernelCoeffs[k]``
+    (afw ``LinearCombinationKernel`` with Chebyshev/polynomial spatial functions; spec 2.2, 2.7,
+    4.7). Positions are PARENT pixels. Orientation: afw's correlation convention (spec 2.3): the
+    matched image is ``sum_{u,v} K(u, v) T(X + u, Y + v)`` with ``K`` indexed ``[v + ctr, u + ctr]``.
+    """
+
+    def __init__(self, basis, kernelCoeffs, order, model, xyRange, defaultPosition=(0.0, 0.0)):
+        self.basis = np.asarray(basis)
+        self.kernelCoeffs = np.asarray(kernelCoeffs, dtype=np.float64)
+        self.order = int(order)
+        self.model = model
+        self.xyRange = None if xyRange is None else SpatialRange(*xyRange)
+        self.defaultPosition = tuple(float(v) for v in defaultPosition)
+
+    # LSST-like accessors
+    def getWidth(self):
+        return self.basis.shape[2]
+
+    def getHeight(self):
+        return self.basis.shape[1]
+
+    def getDimensions(self):
+        return (self.getWidth(), self.getHeight())
+
+    def getCtr(self):
+        return (self.getWidth() // 2, self.getHeight() // 2)
+
+    def getNBasisKernels(self):
+        return self.basis.shape[0]
+
+    def getNSpatialParameters(self):
+        return self.kernelCoeffs.shape[1]
+
+    def getNKernelParameters(self):
+        return self.kernelCoeffs.shape[0]
+
+    def isSpatiallyVarying(self):
+        return self.kernelCoeffs.shape[1] > 1
+
+    def getSpatialParameters(self):
+        """Per basis kernel, its spatial-function parameters (afw order)."""
+        return [list(map(float, row)) for row in self.kernelCoeffs]
+
+    def getKernelList(self):
+        return [self.basis[i] for i in range(self.basis.shape[0])]
+
+    def getKernelParameters(self, position=None):
+        """Basis coefficients at ``position`` (PARENT; default the image centre)."""
+        x, y = self._position(position)
+        phi = np.asarray(spatial_basis(np.float64(x), np.float64(y), self.order, model=self.model,
+                                       xy_range=self.xyRange), np.float64)
+        return self.kernelCoeffs @ phi
+
+    def termKernels(self):
+        """Kernel image of each spatial term (n_terms, h, w): ``K(x, y) = sum_s phi_s(x, y) termKernels[s]``."""
+        return np.einsum("ks,kji->sji", self.kernelCoeffs, self.basis)
+
+    def _position(self, position):
+        if position is None:
+            return self.defaultPosition
+        if hasattr(position, "getX"):
+            return float(position.getX()), float(position.getY())
+        return float(position[0]), float(position[1])
+
+    def computeKernelImage(self, position=None):
+        """Kernel image at PARENT ``position`` ``(x, y)`` (default: the image centre); not normalised.
+
+        Its sum is the local photometric scale (science flux / template flux).
+        """
+        return np.tensordot(self.getKernelParameters(position), self.basis, axes=1)
+
+    def computeImage(self, doNormalize=False, x=0.0, y=0.0):
+        """afw-style ``(image, sum)`` at ``(x, y)`` (default (0, 0) as afw); normalised if asked."""
+        img = self.computeKernelImage((x, y))
+        s = float(img.sum())
+        return (img / s if doNormalize else img), s
+
+    def getKernelSum(self, position=None):
+        """Kernel sum at ``position`` (default the image centre; for Alard-Lupton bases it is constant)."""
+        return float(self.computeKernelImage(position).sum())
+
+    def __repr__(self):
+        return (f"SpatialKernel({self.getWidth()}x{self.getHeight()}, {self.getNBasisKernels()} bases, "
+                f"{self.model} order {self.order})")
+
+
+class BackgroundModel:
+    """Differential background ``b(x, y)`` (afw ``Chebyshev1Function2`` / ``PolynomialFunction2``).
+
+    Call it on PARENT pixel positions: ``backgroundModel(x, y)``; arrays broadcast.
+    """
+
+    def __init__(self, coeffs, order, model, xyRange):
+        self.coeffs = np.asarray(coeffs, dtype=np.float64)
+        self.order = int(order)
+        self.model = model
+        self.xyRange = None if xyRange is None else SpatialRange(*xyRange)
+
+    def __call__(self, x, y):
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        phi = np.asarray(spatial_basis(x, y, self.order, model=self.model, xy_range=self.xyRange), np.float64)
+        out = phi @ self.coeffs
+        return float(out) if out.ndim == 0 else out
+
+    def getParameters(self):
+        return list(map(float, self.coeffs))
+
+    def getNParameters(self):
+        return self.coeffs.size
+
+    def getOrder(self):
+        return self.order
+
+    def image(self, bbox, dtype=np.float64):
+        """The background evaluated on every pixel of ``bbox`` (array ``[y, x]``)."""
+        ys = np.arange(bbox.getMinY(), bbox.getMaxY() + 1, dtype=np.float64)
+        xs = np.arange(bbox.getMinX(), bbox.getMaxX() + 1, dtype=np.float64)
+        return np.asarray(self(xs[None, :], ys[:, None]), dtype=dtype)
+
+    def __repr__(self):
+        return f"BackgroundModel({self.model} order {self.order}, parameters={self.getParameters()})"
+
+
+# ------------------------------------------------------------------------------------------
+def cell_index(x, y, bbox, sizeX, sizeY):
+    """afw ``positionToIndex``: cell of ``Point2I(round-half-up(x), round-half-up(y))``, row-major."""
+    nx = max(1, math.ceil(bbox.getWidth() / sizeX))
+    ny = max(1, math.ceil(bbox.getHeight() / sizeY))
+    ix = math.floor(x + 0.5) - bbox.getMinX()
+    iy = math.floor(y + 0.5) - bbox.getMinY()
+    if not (0 <= ix < bbox.getWidth() and 0 <= iy < bbox.getHeight()):
+        raise ValueError(f"kernel candidate at ({x:.2f}, {y:.2f}) lies outside the cell-set region {bbox}")
+    cx = min(ix // sizeX, nx - 1)
+    cy = min(iy // sizeY, ny - 1)
+    return cy * nx + cx
+
+
+def _bucket(n):
+    """Padded candidate count: next power of two >= 16 (few compiles for many candidate counts)."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _pad(arr, n, value=0):
+    if arr.shape[0] == n:
+        return arr
+    pad = np.full((n - arr.shape[0],) + arr.shape[1:], value, dtype=arr.dtype)
+    return np.concatenate([arr, pad], axis=0)
+
+
+class StampSet:
+    """Stamps of all candidates, grouped by stamp shape, padded to a bucketed count."""
+
+    def __init__(self, template, science, tvar, svar, bad, boxes, xy0):
+        self.groups = []  # (indices, corners (n,2) rows/cols, shape)
+        shapes = {}
+        for i, b in enumerate(boxes):
+            shapes.setdefault((b.getHeight(), b.getWidth()), []).append(i)
+        self.n = len(boxes)
+        x0, y0 = xy0
+        for shape, idx in shapes.items():
+            corners = np.array([[boxes[i].getMinY() - y0, boxes[i].getMinX() - x0] for i in idx], np.int32)
+            nb = _bucket(len(idx))
+            cp = _pad(corners, nb, 0)
+            cut = [kf.extract_stamps(a, jnp.asarray(cp), size=shape) for a in (template, science, tvar, svar)]
+            badst = kf.extract_stamps(bad, jnp.asarray(cp), size=shape)
+            valid = np.zeros(nb, bool)
+            valid[: len(idx)] = True
+            # padded entries: harmless unit-variance zeros
+            vmask = jnp.asarray(valid)[:, None, None]
+            cut[2] = jnp.where(vmask, cut[2], 1.0)
+            cut[3] = jnp.where(vmask, cut[3], 1.0)
+            self.groups.append(dict(index=np.array(idx), shape=shape, stamps=cut, bad=badst, valid=valid))
+
+
+def candidate_ratings(stamp_set, core_radius):
+    """LSST's rating: mean of ``I / sqrt(var)`` of the science stamp over the central core box."""
+    ratings = np.full(stamp_set.n, np.nan)
+    for g in stamp_set.groups:
+        s = np.asarray(g["stamps"][1])
+        v = np.asarray(g["stamps"][3])
+        bad = np.asarray(g["bad"])
+        h, w = g["shape"]
+        r = core_radius
+        sl = (slice(None), slice(h // 2 - r, h // 2 + r + 1), slice(w // 2 - r, w // 2 + r + 1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = s[sl] / np.sqrt(v[sl])
+        ok = ~bad[sl] & np.isfinite(z)
+        n = ok.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            val = np.where(n > 0, np.where(ok, z, 0).sum(axis=(1, 2)) / n, np.nan)
+        ratings[g["index"]] = val[: len(g["index"])]
+    return ratings
+
+
+class SingleFits:
+    """Per-candidate single-stamp solutions and residual statistics (host arrays, candidate order)."""
+
+    def __init__(self, n, nb):
+        self.coeffs = np.zeros((n, nb))
+        self.background = np.zeros(n)
+        self.ksum = np.full(n, np.nan)
+        self.kernels = None
+        self.matrices = None
+        self.vectors = None
+        self.status = np.zeros(n, np.int32)
+        self.mean = np.full(n, np.nan)
+        self.rms = np.full(n, np.nan)
+
+
+def fit_all(stamp_set, basis, kConfig, regularization=None, reg_lambda=0.0, reg_relative=False):
+    """Single-stamp fits and residual statistics for every candidate (one batched call per stamp shape)."""
+    nb = basis.n_basis
+    out = SingleFits(stamp_set.n, nb)
+    w = basis.width
+    n_sys = nb + (1 if kConfig.fitForBackground else 0)
+    out.kernels = np.zeros((stamp_set.n, w, w))
+    out.matrices = np.zeros((stamp_set.n, n_sys, n_sys))
+    out.vectors = np.zeros((stamp_set.n, n_sys))
+    max_cond = float(kConfig.maxConditionNumber) if kConfig.checkConditionNumber else None
+    core = int(kConfig.candidateCoreRadius) if kConfig.useCoreStats else None
+    for g in stamp_set.groups:
+        t, s, vt, vs = g["stamps"]
+        if min(g["shape"]) < w + 2:
+            raise ValueError(
+                f"kernel-candidate stamps of shape {g['shape']} are too small for a {w}x{w} kernel; stamps must "
+                f"be at least {w + 2} pixels on a side (grow the footprints)"
+            )
+        fits = kf.fit_stamps(
+            t, s, vt, vs, basis, None if regularization is None else jnp.asarray(regularization, t.dtype),
+            reg_lambda, fit_background=bool(kConfig.fitForBackground),
+            constant_variance=bool(kConfig.constantVarianceWeighting), max_condition=max_cond,
+            reg_relative=reg_relative, batch_size=64,
+        )
+        stats = kf.stamp_residual_stats(t, s, vt, vs, g["bad"], fits.kernel, fits.background, core_radius=core)
+        idx = g["index"]
+        k = len(idx)
+        fits, stats = jax.device_get((fits, stats))
+        out.coeffs[idx] = fits.coefficients[:k]
+        out.background[idx] = fits.background[:k]
+        out.ksum[idx] = fits.kernel_sum[:k]
+        out.kernels[idx] = fits.kernel[:k]
+        out.matrices[idx] = fits.normal_matrix[:k]
+        out.vectors[idx] = fits.normal_vector[:k]
+        out.status[idx] = fits.status[:k]
+        out.mean[idx] = stats.mean[:k]
+        out.rms[idx] = stats.rms[:k]
+    return out
+
+
+def _status_text(code):
+    return "; ".join(msg for bit, msg in kf.STATUS_MESSAGES.items() if code & bit) or "ok"
+
+
+def spatial_stats(stamp_set, sk_basis, kcoeffs, bcoeffs, xs, ys, kConfig, order, bg_order, model, xy_range):
+    """Residual statistics of every candidate under the spatial kernel and background."""
+    n = stamp_set.n
+    mean = np.full(n, np.nan)
+    rms = np.full(n, np.nan)
+    core = int(kConfig.candidateCoreRadius) if kConfig.useCoreStats else None
+    for g in stamp_set.groups:
+        idx = g["index"]
+        nbk = len(g["valid"])
+        px = _pad(xs[idx], nbk, xs[idx][0])
+        py = _pad(ys[idx], nbk, ys[idx][0])
+        t, s, vt, vs = g["stamps"]
+        dtype = t.dtype
+        kims = kf.kernel_images_at(jnp.asarray(sk_basis, dtype), jnp.asarray(kcoeffs, dtype), jnp.asarray(px, dtype),
+                                   jnp.asarray(py, dtype), order=order, model=model, xy_range=xy_range)
+        phi = spatial_basis(jnp.asarray(px, dtype), jnp.asarray(py, dtype), bg_order, model=model, xy_range=xy_range)
+        bg = phi @ jnp.asarray(bcoeffs, dtype)
+        st = jax.device_get(kf.stamp_residual_stats(t, s, vt, vs, g["bad"], kims, bg, core_radius=core))
+        mean[idx] = st.mean[: len(idx)]
+        rms[idx] = st.rms[: len(idx)]
+    return mean, rms
+
+
+def select_per_cell(cells, ratings, bad, n_per_cell):
+    """Indices of the first ``n_per_cell`` non-BAD candidates of each cell, by descending rating."""
+    order = np.lexsort((-np.nan_to_num(ratings, nan=-np.inf), cells))
+    chosen = np.zeros(len(cells), bool)
+    counts = {}
+    for i in order:
+        if bad[i]:
+            continue
+        c = cells[i]
+        if n_per_cell < 0 or counts.get(c, 0) < n_per_cell:
+            counts[c] = counts.get(c, 0) + 1
+            chosen[i] = True
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------
+class SolveResult:
+    """What :func:`solve_psf_matching` returns to the task."""
+
+    def __init__(self, kernel, background, cellSet, solution, nIterations):
+        self.kernel = kernel
+        self.background = background
+        self.cellSet = cellSet
+        self.solution = solution
+        self.nIterations = nIterations
+
+
+def _regularization(kConfig, width):
+    """``(H, lambda, relative)`` for delta-function bases with regularisation, else ``(None, 0, False)``."""
+    if kConfig.kernelBasisSet != "delta-function" or not getattr(kConfig, "useRegularization", False):
+        return None, 0.0, False
+    from ..kernel_basis import regularization_matrix_from_config
+
+    h = regularization_matrix_from_config(kConfig, width, bool(kConfig.fitForBackground))
+    if kConfig.lambdaType == "absolute":
+        return h, float(kConfig.lambdaValue), False
+    if kConfig.lambdaType == "relative":
+        return h, float(kConfig.lambdaScaling), True
+    raise NotImplementedError(
+        f"lambdaType={kConfig.lambdaType!r} is not supported: LSST's risk-minimising lambda scans read config "
+        "fields that do not exist (spec 4.1 quirk); use lambdaType='absolute' or 'relative'"
+    )
+
+
+def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable, kConfig, log, dtype):
+    """LSST's ``PsfMatchTask._solve`` loop (spec 4.8) over precomputed single-stamp fits.
+
+    Parameters
+    ----------
+    templateMI, scienceMI : MaskedImage
+        Image to convolve and image matched to (same bbox).
+    candidates : list of (source, Box2I)
+    basisImages : array (n_basis, w, w); separable : SeparableBasis or None
+    kConfig : PsfMatchConfig
+    log : logger
+    dtype : floating dtype of the computation
+
+    Returns
+    -------
+    SolveResult
+    """
+    from ._exposure import mask_bits
+
+    bbox = templateMI.getBBox()
+    xy0 = templateMI.getXY0()
+    tmask = np.asarray(templateMI.mask.array)
+    smask = np.asarray(scienceMI.mask.array)
+    badBits = mask_bits(templateMI.mask, kConfig.badMaskPlanes) | mask_bits(scienceMI.mask, kConfig.badMaskPlanes)
+    arrays = [jnp.asarray(a, dtype) for a in (templateMI.image.array, scienceMI.image.array,
+                                               templateMI.variance.array, scienceMI.variance.array)]
+    finite = jnp.isfinite(arrays[0]) & jnp.isfinite(arrays[1]) & jnp.isfinite(arrays[2]) & jnp.isfinite(arrays[3])
+    bad = jnp.asarray(((tmask | smask) & badBits) != 0) | ~finite
+    arrays = [jnp.where(finite, a, 0) for a in arrays]
+    boxes = [b for _, b in candidates]
+    xs = np.array([_source_xy(s)[0] for s, _ in candidates])
+    ys = np.array([_source_xy(s)[1] for s, _ in candidates])
+    stamps = StampSet(*arrays, bad, boxes, xy0)
+    ratings = candidate_ratings(stamps, int(kConfig.candidateCoreRadius))
+    cells = np.array([cell_index(x, y, bbox, kConfig.sizeCellX, kConfig.sizeCellY) for x, y in zip(xs, ys)])
+    cellSet = KernelCellSet(bbox, int(kConfig.sizeCellX), int(kConfig.sizeCellY))
+    for i, ((src, box), r, c) in enumerate(zip(candidates, ratings, cells)):
+        cid = src.getId() if hasattr(src, "getId") else i + 1
+        cellSet.candidates.append(KernelCandidate(int(cid), xs[i], ys[i], box, int(c), float(r)))
+
+    width = basisImages.shape[-1]
+    basis = kf.make_fit_basis(basisImages, separable, dtype=dtype)
+    reg, lam, relative = _regularization(kConfig, width)
+    orig = fit_all(stamps, basis, kConfig, reg, lam, relative)
+    for c, k, b, m, r in zip(cellSet.candidates, orig.ksum, orig.background, orig.mean, orig.rms):
+        c.kernelSum, c.background, c.residualMean, c.residualRms = float(k), float(b), float(m), float(r)
+
+    n = len(candidates)
+    isBad = ~np.isfinite(ratings)
+    for i in np.nonzero(isBad)[0]:
+        cellSet.candidates[i].status = BAD
+        cellSet.candidates[i].reason = "non-finite rating (masked or zero-variance core)"
+    initialized = np.zeros(n, bool)
+    nPerCell = int(kConfig.nStarPerCell)
+    meanMax, stdMax = float(kConfig.candidateResidualMeanMax), float(kConfig.candidateResidualStdMax)
+
+    def reject(i, why):
+        isBad[i] = True
+        cellSet.candidates[i].status = BAD
+        cellSet.candidates[i].reason = why
+
+    def judge(i, mean, rms, status, clipping, what):
+        """Single-kernel / spatial visitor verdict for candidate i; True if rejected."""
+        if status:
+            reject(i, f"{what}: {_status_text(status)}")
+            return True
+        if not (np.isfinite(mean) and np.isfinite(rms)):
+            reject(i, f"{what}: non-finite residual statistics")
+            return True
+        if clipping and abs(mean) > meanMax:
+            reject(i, f"{what}: |residual mean| {abs(mean):.3g} > candidateResidualMeanMax {meanMax}")
+            return True
+        if clipping and rms > stdMax:
+            reject(i, f"{what}: residual rms {rms:.3g} > candidateResidualStdMax {stdMax}")
+            return True
+        cellSet.candidates[i].status = GOOD
+        return False
+
+    def single_pass():
+        while True:
+            chosen = select_per_cell(cells, ratings, isBad, nPerCell)
+            new = chosen & ~initialized
+            initialized[new] = True
+            nrej = 0
+            for i in np.nonzero(new)[0]:
+                nrej += judge(i, orig.mean[i], orig.rms[i], int(orig.status[i]), bool(kConfig.singleKernelClipping),
+                              "single kernel")
+            if nrej == 0:
+                return select_per_cell(cells, ratings, isBad, nPerCell)
+
+    order = int(kConfig.spatialKernelOrder)
+    bgOrder = int(kConfig.spatialBgOrder) if kConfig.fitForBackground else 0
+    model = kConfig.spatialModelType
+    xyRange = SpatialRange(bbox.getMinX() - 0.5, bbox.getMinY() - 0.5, bbox.getMaxX() + 0.5, bbox.getMaxY() + 0.5)
+    usePca = bool(kConfig.usePcaForSpatialKernel)
+    constantFirst = kConfig.kernelBasisSet == "alard-lupton" or usePca
+    nKt = n_spatial_terms(order)
+
+    def spatial_fit(chosen, fits, spBasis):
+        nUsed = int(chosen.sum())
+        if nUsed == 0:
+            raise NoKernelCandidatesError("No kernel candidates for spatial fit: every candidate was rejected.")
+        if nUsed < nKt:
+            raise InsufficientKernelSourcesError(
+                f"Cannot compute PSF matching kernel: too few sources selected ({nUsed} usable candidates for a "
+                f"spatial kernel of order {order}, which has {nKt} terms per basis). Lower spatialKernelOrder, "
+                "lower the detection threshold, or supply more candidates.",
+                metadata={"nSources": nUsed, "nRequired": nKt},
+            )
+        for c, u in zip(cellSet.candidates, chosen):
+            c.usedInSpatialFit = bool(u)
+        nbk = _bucket(n)
+        sol = kf.solve_spatial(
+            jnp.asarray(_pad(fits.matrices, nbk), dtype), jnp.asarray(_pad(fits.vectors, nbk), dtype),
+            jnp.asarray(_pad(xs, nbk), dtype), jnp.asarray(_pad(ys, nbk), dtype), jnp.asarray(_pad(chosen, nbk, False)),
+            n_basis=spBasis.shape[0], kernel_order=order, bg_order=bgOrder, fit_background=bool(kConfig.fitForBackground),
+            constant_first_term=constantFirst, model=model, xy_range=xyRange,
+        )
+        sol = jax.device_get(sol)
+        if sol.status & (kf.STATUS_NONFINITE | kf.STATUS_SINGULAR):
+            raise PsfMatchingError(
+                f"The spatial kernel system is {_status_text(int(sol.status))} ({nUsed} candidates, condition number "
+                f"{float(sol.condition):.3g}); reduce spatialKernelOrder/spatialBgOrder or supply more candidates "
+                "spread over the image.",
+                metadata={"spatialConditionNum": float(sol.condition), "nCandidates": nUsed},
+            )
+        if float(sol.condition) > float(kConfig.maxSpatialConditionNumber):
+            log.warning("Spatial kernel condition number %.3g exceeds maxSpatialConditionNumber %.3g",
+                        float(sol.condition), float(kConfig.maxSpatialConditionNumber))
+        return sol
+
+    fits, spBasis, spSeparable = orig, np.asarray(basisImages), separable
+    iteration = 0
+    sol = None
+    maxIter = int(kConfig.maxSpatialIterations)
+    converged = False
+    while iteration < maxIter:
+        chosen = single_pass()
+        # kernel-sum clipping (spec 4.6) over the visited candidates
+        sums = orig.ksum[chosen]
+        if sums.size == 0:
+            raise NoKernelCandidatesError(
+                "No kernel candidates survived the single-kernel fits: every stamp was masked, singular or failed "
+                "the residual limits (candidateResidualMeanMax/StdMax). Check badMaskPlanes and the inputs."
+            )
+        if sums.size == 1:
+            kmean, kstd = float(sums[0]), 0.0
+        else:
+            st = clipped_stats(jnp.asarray(sums, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
+            kmean, kstd = float(st.mean), float(np.sqrt(st.variance))
+        if not np.isfinite(kmean) or not np.isfinite(kstd):
+            raise PsfMatchingError("The kernel-sum distribution of the candidates is not finite.")
+        nrej = 0
+        if kConfig.kernelSumClipping:
+            dmax = float(kConfig.maxKsumSigma) * kstd
+            for i in np.nonzero(chosen)[0]:
+                if abs(orig.ksum[i] - kmean) > dmax:
+                    reject(i, f"kernel sum {orig.ksum[i]:.4g} more than maxKsumSigma from the mean {kmean:.4g}")
+                    nrej += 1
+        log.debug("Kernel sums: mean %.5g, std %.3g, %d rejected", kmean, kstd, nrej)
+        if nrej:
+            continue
+        if usePca:
+            from ..kernel_basis import pca_kernel_basis
+
+            kimgs = orig.kernels[chosen] / orig.ksum[chosen][:, None, None]
+            spBasis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),
+                                                  subtract_mean=bool(kConfig.subtractMeanForPca)))
+            spSeparable = None
+            fits = fit_all(stamps, kf.make_fit_basis(spBasis, dtype=dtype), kConfig)
+            nrej = 0
+            for i in np.nonzero(chosen)[0]:
+                nrej += judge(i, fits.mean[i], fits.rms[i], int(fits.status[i]), bool(kConfig.singleKernelClipping),
+                              "PCA kernel")
+            if nrej:
+                continue
+        sol = spatial_fit(chosen, fits, spBasis)
+        mean, rms = spatial_stats(stamps, spBasis, sol.kernel_coeffs, sol.background_coeffs, xs, ys, kConfig,
+                                  order, bgOrder, model, xyRange)
+        nGood = nRej = 0
+        for i in np.nonzero(chosen)[0]:
+            c = cellSet.candidates[i]
+            c.spatialResidualMean, c.spatialResidualRms = float(mean[i]), float(rms[i])
+            if judge(i, mean[i], rms[i], 0, bool(kConfig.spatialKernelClipping), "spatial kernel"):
+                nRej += 1
+            else:
+                nGood += 1
+        log.debug("Spatial iteration %d: %d good, %d rejected", iteration, nGood, nRej)
+        if nGood == 0 and nRej == 0:
+            raise NoKernelCandidatesError("No kernel candidates for spatial fit")
+        if nRej == 0:
+            converged = True
+            break
+        iteration += 1
+    if not converged:
+        chosen = single_pass()
+        if usePca:
+            from ..kernel_basis import pca_kernel_basis
+
+            kimgs = orig.kernels[chosen] / orig.ksum[chosen][:, None, None]
+            spBasis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),
+                                                  subtract_mean=bool(kConfig.subtractMeanForPca)))
+            fits = fit_all(stamps, kf.make_fit_basis(spBasis, dtype=dtype), kConfig)
+        sol = spatial_fit(chosen, fits, spBasis)
+    kernel = SpatialKernel(spBasis, sol.kernel_coeffs, order, model, xyRange,
+                           defaultPosition=bbox.getCenter() if hasattr(bbox, "getCenter") else (0.0, 0.0))
+    kernel.separable = spSeparable
+    background = BackgroundModel(sol.background_coeffs, bgOrder, model, xyRange)
+    return SolveResult(kernel, background, cellSet, sol, iteration)
