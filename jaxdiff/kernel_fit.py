@@ -27,7 +27,7 @@ buckets with a validity mask) so that rejecting candidates never recompiles.
 
 For Gaussian x polynomial bases (separable) the design matrix is computed with 1-D passes as
 matrix products (``(B_k \\star T) = F_y^T T F_x`` with Toeplitz factors), then the linear
-renormalisation of the basis is applied; other bases (delta functions, PCA) use image patches.
+renormalisation of the basis is applied; other bases (delta functions, PCA) use stamp-sized FFTs.
 """
 
 from __future__ import annotations
@@ -197,14 +197,6 @@ def _toeplitz(f, size):
     return jnp.where(ok, f[..., jnp.clip(offs, 0, w - 1)], 0)
 
 
-def _correlate_valid(image, kernel):
-    """Valid-region correlation of one image with one kernel (afw convention)."""
-    out = jax.lax.conv_general_dilated(
-        image[None, None], kernel[None, None], (1, 1), "VALID", precision=jax.lax.Precision.HIGHEST
-    )
-    return out[0, 0]
-
-
 def stamp_design(template, basis: FitBasis):
     """Design matrix columns ``(B_k \\star T)`` over the good region of one stamp.
 
@@ -230,11 +222,8 @@ def stamp_design(template, basis: FitBasis):
         raw = jnp.einsum("rym,ryc->rmc", ay, xpass, precision=hi)  # (n_raw, gy, gx)
         cols = jnp.einsum("kr,rmc->mck", basis.transform, raw, precision=hi)
         return cols.reshape(gy * gx, basis.n_basis)
-    patches = jax.lax.conv_general_dilated_patches(
-        template[None, None], (w, w), (1, 1), "VALID", precision=jax.lax.Precision.HIGHEST
-    )  # (1, w*w, gy, gx), feature index = kernel pixel row-major
-    p = patches[0].reshape(w * w, gy * gx).T
-    return jnp.matmul(p, basis.images.reshape(basis.n_basis, w * w).T, precision=jax.lax.Precision.HIGHEST)
+    cols = _fft_correlate_valid(template, basis.images)  # (n_basis, gy, gx)
+    return cols.reshape(basis.n_basis, gy * gx).T
 
 
 def _good(a, hw):
@@ -406,12 +395,31 @@ def fit_stamps(templates, sciences, template_variances, science_variances, basis
 
 # ------------------------------------------------------------------------------------------
 # Residuals
+def _fft_correlate_valid(image, kernels):
+    """Valid-region afw correlation of one image with a stack of kernels, by FFT.
+
+    ``kernels`` has shape (..., w, w); the result (..., G, G2) with ``G = S - w + 1``. A circular
+    correlation of the stamp size has no wrap-around inside the valid region.
+    """
+    sy, sx = image.shape
+    w = kernels.shape[-1]
+    shape = (sy, sx)
+    ti = jnp.fft.rfft2(image, s=shape)
+    ki = jnp.fft.rfft2(kernels, s=shape)
+    out = jnp.fft.irfft2(ti * jnp.conj(ki), s=shape)
+    return out[..., : sy - w + 1, : sx - w + 1]
+
+
 def stamp_difference(template, science, template_variance, science_variance, kernel, background):
-    """Good-region difference ``D = I - K \\star T - bg`` and its variance ``V_I + K^2 \\star V_T``."""
+    """Good-region difference ``D = I - K \\star T - bg`` and its variance ``V_I + K^2 \\star V_T``.
+
+    Stamp-sized FFTs (no convolution primitive: a ``vmap`` over stamps with per-stamp kernels
+    stays a batch of small FFTs).
+    """
     hw = kernel.shape[0] // 2
-    matched = _correlate_valid(template, kernel)
-    var = _good(science_variance, hw) + _correlate_valid(template_variance, kernel * kernel)
-    return _good(science, hw) - matched - background, var
+    matched = _fft_correlate_valid(template, kernel)
+    kvar = _fft_correlate_valid(template_variance, kernel * kernel)
+    return _good(science, hw) - matched - background, _good(science_variance, hw) + kvar
 
 
 def residual_stats(diff, var, usable, *, core_radius=None):
@@ -438,14 +446,14 @@ def residual_stats(diff, var, usable, *, core_radius=None):
     return ResidualStats(mean, rms, n)
 
 
-@functools.partial(jax.jit, static_argnames=("core_radius",))
+@functools.partial(jax.jit, static_argnames=("core_radius", "batch_size"))
 def stamp_residual_stats(templates, sciences, template_variances, science_variances, bad, kernels, backgrounds,
-                         *, core_radius=None):
+                         *, core_radius=None, batch_size=32):
     """Residual statistics of a batch of stamps, each with its own kernel image and background.
 
     ``bad`` (N, S, S2) marks stamp pixels excluded from the statistics (``badMaskPlanes`` bits);
     only the good region (stamp shrunk by the kernel half-width) is used, as afw's NaN edge band is
-    excluded by LSST.
+    excluded by LSST. ``batch_size`` (static) bounds the memory of the window matrices.
     """
 
     def one(t, s, vt, vs, bd, k, bg):
@@ -453,7 +461,10 @@ def stamp_residual_stats(templates, sciences, template_variances, science_varian
         hw = k.shape[0] // 2
         return residual_stats(d, v, ~_good(bd, hw), core_radius=core_radius)
 
-    return jax.vmap(one)(templates, sciences, template_variances, science_variances, bad, kernels, backgrounds)
+    args = (templates, sciences, template_variances, science_variances, bad, kernels, backgrounds)
+    if batch_size is None or batch_size >= templates.shape[0]:
+        return jax.vmap(one)(*args)
+    return jax.lax.map(lambda a: one(*a), args, batch_size=batch_size)
 
 
 # ------------------------------------------------------------------------------------------

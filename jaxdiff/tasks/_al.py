@@ -352,6 +352,17 @@ class SpatialKernel:
         """Kernel sum at ``position`` (default the image centre; for Alard-Lupton bases it is constant)."""
         return float(self.computeKernelImage(position).sum())
 
+    def getKernelSumUncertainty(self, position=None):
+        """1-sigma uncertainty of :meth:`getKernelSum` from the spatial fit's covariance.
+
+        The covariance assumes independent pixels with the fit's weights (``1 / (V_I + V_T)``); stamps
+        that overlap or correlated noise make it a lower bound. NaN when unavailable.
+        """
+        unc = getattr(self, "_uncertainty", None)
+        if unc is None:
+            return float("nan")
+        return unc.kernelSum(*self._position(position))
+
     def __repr__(self):
         return (f"SpatialKernel({self.getWidth()}x{self.getHeight()}, {self.getNBasisKernels()} bases, "
                 f"{self.model} order {self.order})")
@@ -378,6 +389,11 @@ class BackgroundModel:
 
     def getParameters(self):
         return list(map(float, self.coeffs))
+
+    def getUncertainty(self, x, y):
+        """1-sigma uncertainty of the background at ``(x, y)`` (see ``SpatialKernel.getKernelSumUncertainty``)."""
+        unc = getattr(self, "_uncertainty", None)
+        return float("nan") if unc is None else unc.background(float(x), float(y))
 
     def getNParameters(self):
         return self.coeffs.size
@@ -796,8 +812,55 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
                                                   subtract_mean=bool(kConfig.subtractMeanForPca)))
             fits = fit_all(stamps, kf.make_fit_basis(spBasis, dtype=dtype), kConfig)
         sol = spatial_fit(chosen, fits, spBasis)
-    kernel = SpatialKernel(spBasis, sol.kernel_coeffs, order, model, xyRange,
-                           defaultPosition=bbox.getCenter() if hasattr(bbox, "getCenter") else (0.0, 0.0))
+    kernel = SpatialKernel(spBasis, sol.kernel_coeffs, order, model, xyRange, defaultPosition=bbox.getCenter())
     kernel.separable = spSeparable
     background = BackgroundModel(sol.background_coeffs, bgOrder, model, xyRange)
+    cov = np.asarray(sol.covariance, np.float64)
+    kernel._uncertainty = _Uncertainty(cov, spBasis.reshape(spBasis.shape[0], -1).sum(axis=1), order, bgOrder,
+                                       bool(kConfig.fitForBackground), constantFirst, model, xyRange)
+    background._uncertainty = kernel._uncertainty
     return SolveResult(kernel, background, cellSet, sol, iteration)
+
+
+class _Uncertainty:
+    """Propagates the spatial-solution covariance to the kernel sum and the background at a position."""
+
+    def __init__(self, cov, basisSums, order, bgOrder, fitBackground, constantFirst, model, xyRange):
+        self.cov, self.sums = cov, np.asarray(basisSums, np.float64)
+        self.order, self.bgOrder, self.fitBackground = order, bgOrder, fitBackground
+        self.constantFirst, self.model, self.xyRange = constantFirst, model, xyRange
+
+    def _phi(self, x, y, order):
+        return np.asarray(spatial_basis(np.float64(x), np.float64(y), order, model=self.model, xy_range=self.xyRange),
+                          np.float64)
+
+    def _gradients(self, x, y):
+        nb = self.sums.size
+        p = self._phi(x, y, self.order)
+        nkt = p.size
+        gk = []
+        for m in range(nb):
+            if m == 0 and self.constantFirst:
+                gk.append([self.sums[0]])
+            else:
+                gk.append(self.sums[m] * p)
+        gk = np.concatenate(gk)
+        nbt = n_spatial_terms(self.bgOrder) if self.fitBackground else 0
+        n = gk.size + nbt
+        gsum = np.zeros(n)
+        gsum[: gk.size] = gk
+        gbg = np.zeros(n)
+        if self.fitBackground:
+            gbg[gk.size:] = self._phi(x, y, self.bgOrder)
+        del nkt
+        return gsum, gbg
+
+    def kernelSum(self, x, y):
+        g, _ = self._gradients(x, y)
+        return float(np.sqrt(max(g @ self.cov @ g, 0.0)))
+
+    def background(self, x, y):
+        if not self.fitBackground:
+            return 0.0
+        _, g = self._gradients(x, y)
+        return float(np.sqrt(max(g @ self.cov @ g, 0.0)))

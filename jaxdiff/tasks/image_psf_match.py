@@ -445,6 +445,10 @@ class ImagePsfMatchTask(Task):
         self.metadata["spatialConditionNum"] = float(solved.solution.condition)
         self.metadata["spatialKernelSum"] = sumAt00
         self.metadata["spatialKernelSumCenter"] = sumCentre
+        centre = cs.bbox.getCenter()
+        self.metadata["spatialKernelSumErr"] = kernel.getKernelSumUncertainty(centre)
+        self.metadata["backgroundCenter"] = float(solved.background(*centre))
+        self.metadata["backgroundCenterErr"] = solved.background.getUncertainty(*centre)
         self.metadata["nGoodCandidates"] = int(nGood)
         self.metadata["nBadCandidates"] = int(nBad)
         self.metadata["nCandidatesUsed"] = int(nUsed)
@@ -562,7 +566,7 @@ class ImagePsfMatchTask(Task):
         return res
 
     def _decorrelate(self, res, scienceExposure, warped, convolveTemplate):
-        from ..decorrelate import decorrelate, score_image
+        from ..decorrelate import decorrelate, decorrelation_kernel, score_image
         from ..image import Exposure, Image, Mask, MaskedImage
         from ..psf import ImagePsf
         from ._exposure import kernel_array
@@ -590,9 +594,11 @@ class ImagePsfMatchTask(Task):
         res.undecorrelatedExposure = sub
         res.subtractedExposure = Exposure(newMI, psf=psf, wcs=sub.getWcs(), photoCalib=sub.getPhotoCalib(),
                                           filterLabel=sub.getFilter())
-        res.decorrelationKernel = np.asarray(getattr(out, "kernel", np.zeros((1, 1))))
+        res.decorrelationKernel = np.asarray(decorrelation_kernel(jnp.asarray(kimg, dtype), float(varOther),
+                                                                  float(varConvolved)))
         if out.psf is not None:
-            score = score_image(out.image, out.variance, out.psf)
+            score = score_image(out.image, out.variance, out.psf, mask=~out.valid)
+            score = jnp.where(out.valid & jnp.isfinite(score), score, 0.0)
             scoreMI = MaskedImage(Image(np.asarray(score, outDtype), xy0), mi.mask.clone(),
                                   Image(np.ones(score.shape, outDtype), xy0))
             res.scoreExposure = Exposure(scoreMI, psf=psf, wcs=sub.getWcs(), photoCalib=sub.getPhotoCalib(),
