@@ -232,7 +232,7 @@ def _good(a, hw):
 
 # ------------------------------------------------------------------------------------------
 # Solver
-def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None):
+def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, return_inverse=False):
     """Solve ``M a = b`` for a symmetric positive semi-definite ``M``, returning a status.
 
     Parameters
@@ -242,16 +242,22 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None):
     max_condition : float, optional
         Flag ``STATUS_ILL_CONDITIONED`` when ``lambda_max / lambda_min`` exceeds it (LSST
         ``checkConditionNumber`` / ``maxConditionNumber``; EIGENVALUE and SVD types coincide for a
-        symmetric PSD matrix).
+        symmetric PSD matrix). The condition number is that of the Jacobi-scaled matrix (unit
+        diagonal), i.e. independent of the units of the basis columns; LSST measures the unscaled
+        matrix, whose condition number is larger by the spread of the column norms.
     rcond : float, optional
         Eigenvalues below ``rcond * lambda_max`` count as zero (default ``n * eps``, Eigen's
         FullPivLU rank threshold).
+
+    return_inverse : bool, optional
+        Also return the (pseudo-)inverse of ``M`` (from the same eigen-decomposition).
 
     Returns
     -------
     solution : array (n,)
     condition : array ()
     status : int32 array ()
+    inverse : array (n, n), only with ``return_inverse``
 
     Notes
     -----
@@ -271,9 +277,6 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None):
     v_safe = jnp.where(finite_in, vector, 0)
     sym = 0.5 * (m_safe + m_safe.T)
     tiny = jnp.finfo(dtype).tiny
-    # condition number of the system as given (LSST's EIGENVALUE measure)
-    raw_evals = jnp.linalg.eigvalsh(jax.lax.stop_gradient(sym))
-    condition = jnp.where(raw_evals[0] > 0, raw_evals[-1] / jnp.maximum(raw_evals[0], tiny), jnp.inf)
     # Jacobi scaling (unit diagonal) before solving: same solution, far better conditioned in float32
     diag = jnp.diagonal(sym)
     dpos = diag > 0
@@ -283,6 +286,7 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None):
     evals, evecs = jnp.linalg.eigh(jax.lax.stop_gradient(scaled))
     lmax = jnp.max(jnp.abs(evals))
     singular = ~(evals[0] > rcond * lmax)
+    condition = jnp.where(evals[0] > 0, lmax / jnp.maximum(evals[0], tiny), jnp.inf)
     # direct solve on a well-posed copy (double where: the singular branch never feeds LU a singular matrix)
     direct_m = jnp.where(singular, jnp.eye(n, dtype=dtype), scaled)
     direct = jnp.linalg.solve(direct_m, rhs)
@@ -296,6 +300,11 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None):
     if max_condition is not None:
         status = status | jnp.where(condition > max_condition, STATUS_ILL_CONDITIONED, 0)
     sol = jnp.where(finite_out, sol, 0)
+    if return_inverse:
+        # reuse the decomposition: XLA:CPU may run independent LAPACK calls concurrently, which
+        # was seen to deadlock (jax 0.10.2), so no second factorisation is started here
+        inverse = (evecs * inv[None, :]) @ evecs.T * d[:, None] * d[None, :]
+        return sol, condition, status.astype(jnp.int32), inverse
     return sol, condition, status.astype(jnp.int32)
 
 
@@ -557,7 +566,7 @@ def solve_spatial(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_o
         matrices, vectors, x, y, valid, n_basis=n_basis, kernel_order=kernel_order, bg_order=bg_order,
         fit_background=fit_background, constant_first_term=constant_first_term, model=model, xy_range=xy_range,
     )
-    sol, cond, status = solve_normal_equations(msp, bsp, max_condition=max_condition)
+    sol, cond, status, inverse = solve_normal_equations(msp, bsp, max_condition=max_condition, return_inverse=True)
     n_kt = n_spatial_terms(kernel_order)
     dtype = matrices.dtype
     if constant_first_term:
@@ -571,9 +580,7 @@ def solve_spatial(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_o
     bcoeffs = sol[off:] if fit_background else jnp.zeros((1,), dtype)
     n_used = jnp.sum(valid)
     status = status | jnp.where(n_used > 0, 0, STATUS_SINGULAR).astype(jnp.int32)
-    ok = status == 0
-    cov = jnp.linalg.inv(jnp.where(ok, 0.5 * (msp + msp.T), jnp.eye(msp.shape[0], dtype=dtype)))
-    cov = jnp.where(ok, cov, jnp.nan)
+    cov = jnp.where(status == 0, inverse, jnp.nan)
     return SpatialSolution(kcoeffs, bcoeffs, cond, status, n_used, cov)
 
 

@@ -142,10 +142,11 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
         b = jnp.matmul(x.T, y, precision=_HI)
         n = jnp.sum(sel, dtype=jnp.int32)
         a = a + jnp.eye(a.shape[0], dtype=dtype) * (n == 0)  # keep the solve finite with no pixels
-        coef = jnp.linalg.solve(a, b)
+        a_inv = jnp.linalg.inv(a)  # one factorisation (no concurrent LAPACK calls)
+        coef = a_inv @ b
         resid = y - jnp.matmul(x, coef, precision=_HI)
         dof = jnp.maximum(n - coef.shape[0], 1).astype(dtype)
-        cov = jnp.linalg.inv(a) * (jnp.sum(resid**2) / dof)
+        cov = a_inv * (jnp.sum(resid**2) / dof)
         beta = coef[0]
         if fit_shift:
             delta = jnp.stack([-coef[2], -coef[3]]) / beta
