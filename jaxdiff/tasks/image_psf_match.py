@@ -288,6 +288,13 @@ class ImagePsfMatchTask(Task):
             detExposure = templateExposure if detConfig.detOnTemplate else scienceExposure
             table = self.getSelectSources(detExposure)
             cands = [(CandidateSource(r["x"], r["y"], int(r["id"]), r["flux"], r["snr"]), None) for r in table]
+            if not cands:
+                raise NoKernelCandidatesError(
+                    f"No sources detected on the {'template' if detConfig.detOnTemplate else 'science'} exposure for "
+                    f"kernel candidates (threshold {self.config.selectDetection.thresholdValue} sigma, pixels in "
+                    f"{list(self.config.selectDetection.statsMask)} ignored); lower selectDetection.thresholdValue or "
+                    "pass a candidateList"
+                )
         else:
             cands = normalize_candidates(candidateList)
         if not cands:
