@@ -62,6 +62,8 @@ __all__ = [
     "stamp_residual_stats",
     "spatial_system",
     "solve_spatial",
+    "solve_triangular_system",
+    "regularization_root",
     "term_kernels",
     "kernel_images_at",
     "extract_stamps",
@@ -142,6 +144,8 @@ class StampFit(NamedTuple):
     weight_variance : () the constant variance used as weight (median of V_I + V_T) or NaN (per pixel).
     condition : () ratio of the largest to the smallest eigenvalue of the solved matrix.
     status : () int32 status bits (``STATUS_*``).
+    r_factor : (n, n) upper-triangular QR factor of the weighted design (``M = R^T R``).
+    r_rhs : (n,) ``Q^T W^{1/2} I`` (``b = R^T r_rhs``).
     """
 
     coefficients: jax.Array
@@ -153,6 +157,8 @@ class StampFit(NamedTuple):
     weight_variance: jax.Array
     condition: jax.Array
     status: jax.Array
+    r_factor: jax.Array
+    r_rhs: jax.Array
 
 
 class ResidualStats(NamedTuple):
@@ -308,6 +314,81 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, re
     return sol, condition, status.astype(jnp.int32)
 
 
+def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inverse=False):
+    """Least-squares solution from a QR factor: minimise ``||R a - z||`` for square upper-triangular ``R``.
+
+    The QR route (``C = Q R``) keeps the condition number of the design matrix ``C`` instead of
+    squaring it as the normal equations ``C^T C`` do, which is what makes float32 fits accurate.
+    Columns are scaled to unit norm first. A full-rank ``R`` is solved by back-substitution
+    (differentiable); a numerically rank-deficient one with the truncated SVD pseudo-inverse
+    (gradient through ``z`` only; double-``where`` so values and gradients stay finite).
+
+    Parameters
+    ----------
+    r : array (n, n)
+        Upper-triangular factor (from ``jnp.linalg.qr(..., mode="r")``).
+    z : array (n,)
+        ``Q^T y``.
+    max_condition : float, optional
+        Flag ``STATUS_ILL_CONDITIONED`` when the condition number of ``M = R^T R`` (of the
+        column-scaled system) exceeds it.
+    rcond : float, optional
+        Singular values of the scaled ``R`` below ``rcond * s_max`` count as zero (default
+        ``n * eps``).
+    return_inverse : bool, optional
+        Also return ``(R^T R)^{-1}`` (the parameter covariance for unit-variance weights).
+
+    Returns
+    -------
+    solution, condition, status[, inverse]
+        ``condition`` is that of ``M = R^T R`` (the square of R's), as LSST reports it.
+    """
+    n = r.shape[-1]
+    dtype = r.dtype
+    if rcond is None:
+        rcond = n * jnp.finfo(dtype).eps
+    finite_in = jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(z))
+    r = jnp.where(finite_in, r, jnp.eye(n, dtype=dtype))
+    z = jnp.where(finite_in, z, 0)
+    norms = jnp.sqrt(jnp.sum(r * r, axis=0))
+    dpos = norms > 0
+    d = jnp.where(dpos, 1.0 / jnp.where(dpos, norms, 1.0), 1.0)
+    rs = r * d[None, :]
+    u, sv, vt = jnp.linalg.svd(jax.lax.stop_gradient(rs), full_matrices=False)
+    smax = sv[0]
+    smin = sv[-1]
+    singular = ~(smin > rcond * smax)
+    tiny = jnp.finfo(dtype).tiny
+    ratio = smax / jnp.maximum(smin, tiny)
+    condition = jnp.where(smin > 0, ratio * ratio, jnp.inf)
+    safe_r = jnp.where(singular, jnp.eye(n, dtype=dtype), rs)
+    direct = jax.scipy.linalg.solve_triangular(safe_r, z, lower=False)
+    keep = sv > rcond * smax
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, sv, 1.0), 0.0)
+    pinv = vt.T @ (inv * (u.T @ z))
+    sol = jnp.where(singular, pinv, direct) * d
+    finite_out = jnp.all(jnp.isfinite(sol))
+    status = jnp.where(singular, STATUS_SINGULAR, STATUS_OK)
+    status = status | jnp.where(finite_in & finite_out, 0, STATUS_NONFINITE)
+    if max_condition is not None:
+        status = status | jnp.where(condition > max_condition, STATUS_ILL_CONDITIONED, 0)
+    sol = jnp.where(finite_out, sol, 0)
+    status = status.astype(jnp.int32)
+    if return_inverse:
+        vi = jax.lax.stop_gradient(vt.T * inv[None, :])
+        inverse = (vi @ vi.T) * d[:, None] * d[None, :]
+        return sol, condition, status, inverse
+    return sol, condition, status
+
+
+def _qr_r(a):
+    """``R`` of a QR factorisation (only LAPACK geqrf; square ``(k, k)`` with ``k = a.shape[1]``)."""
+    m, k = a.shape
+    if m < k:
+        a = jnp.concatenate([a, jnp.zeros((k - m, k), a.dtype)], axis=0)
+    return jnp.linalg.qr(a, mode="r")[:k, :k]
+
+
 # ------------------------------------------------------------------------------------------
 # One stamp
 def fit_stamp(template, science, template_variance, science_variance, basis: FitBasis, regularization=None,
@@ -322,12 +403,13 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
     template_variance, science_variance : array, shape (S, S2)
         Their variance planes.
     basis : FitBasis
-    regularization : array, shape (n, n), optional
-        Regularisation matrix ``H`` (delta-function bases, spec 4.2.4); ``lambda H`` is added to
-        ``M`` before the solve.
+    regularization : array, shape (k, n), optional
+        A root ``L`` of the regularisation matrix ``H = L^T L`` (delta-function bases, spec
+        4.2.4; :func:`regularization_root`): the fit minimises ``chi^2 + lambda a^T H a``, i.e.
+        solves ``(M + lambda H) a = b``.
     reg_lambda : float, optional
         ``lambda`` (LSST ``lambdaValue`` for ``lambdaType="absolute"``, ``lambdaScaling`` for
-        ``"relative"``).
+        ``"relative"``: ``lambda = reg_lambda * trace(M) / trace(H)``).
     fit_background : bool, keyword-only
         Add a constant background column.
     constant_variance : bool, keyword-only
@@ -360,23 +442,34 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
         weight_variance = jnp.asarray(jnp.nan, dtype)
     target = _good(science, hw).reshape(-1)
     hi = jax.lax.Precision.HIGHEST
-    cw = cols * w[:, None]
-    m = jnp.matmul(cw.T, cols, precision=hi)
-    b = jnp.matmul(cw.T, target, precision=hi)
+    sw = jnp.sqrt(w)
+    # QR of the weighted design with the target appended: R[:n, :n] is the factor, R[:n, n] = Q^T y
+    aug = jnp.concatenate([cols * sw[:, None], (target * sw)[:, None]], axis=1)
+    n = cols.shape[1]
+    r_full = _qr_r(aug)
+    r, z = r_full[:n, :n], r_full[:n, n]
+    m = jnp.matmul(r.T, r, precision=hi)
+    b = jnp.matmul(r.T, z, precision=hi)
     if regularization is None:
-        m_solve = m
+        r_solve, z_solve = r, z
     else:
+        # regularization = L with H = L^T L; solve min ||R a - z||^2 + lambda ||L a||^2 by a second QR
         lam = reg_lambda
         if reg_relative:
-            lam = lam * jnp.trace(m) / jnp.trace(regularization)
-        m_solve = m + lam * regularization
-    sol, cond, status = solve_normal_equations(m_solve, b, max_condition=max_condition)
+            lam = lam * jnp.trace(m) / jnp.sum(regularization * regularization)
+        stacked = jnp.concatenate([
+            jnp.concatenate([r, z[:, None]], axis=1),
+            jnp.concatenate([jnp.sqrt(lam) * regularization, jnp.zeros((regularization.shape[0], 1), dtype)], axis=1),
+        ], axis=0)
+        r2 = _qr_r(stacked)
+        r_solve, z_solve = r2[:n, :n], r2[:n, n]
+    sol, cond, status = solve_triangular_system(r_solve, z_solve, max_condition=max_condition)
     status = status | jnp.where(bad_var, STATUS_BAD_VARIANCE, 0).astype(jnp.int32)
     nb = basis.n_basis
     coeffs = sol[:nb]
     bg = sol[nb] if fit_background else jnp.zeros((), dtype)
     kernel = jnp.tensordot(coeffs, basis.images, axes=1)
-    return StampFit(coeffs, bg, jnp.sum(kernel), kernel, m, b, weight_variance, cond, status)
+    return StampFit(coeffs, bg, jnp.sum(kernel), kernel, m, b, weight_variance, cond, status, r, z)
 
 
 @functools.partial(
@@ -554,21 +647,45 @@ def spatial_system(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_
     static_argnames=("n_basis", "kernel_order", "bg_order", "fit_background", "constant_first_term", "model",
                      "xy_range", "max_condition"),
 )
-def solve_spatial(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_order, fit_background,
+def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order, fit_background,
                   constant_first_term, model, xy_range, max_condition=None):
-    """Spatial kernel and background solution from single-stamp normal equations (spec 4.7).
+    """Spatial kernel and background solution from single-stamp QR factors (spec 4.7).
+
+    Solves ``min sum_c ||R_c A_c theta - z_c||^2`` (the same normal equations as
+    :func:`spatial_system`, ``sum_c A_c^T M_c A_c`` with ``M_c = R_c^T R_c``) by one QR
+    factorisation of the stacked rows, which keeps float32 solutions accurate.
+
+    Parameters
+    ----------
+    factors : (N, n, n)
+        ``StampFit.r_factor`` of each candidate (n = n_basis + 1 with a background column).
+    rhs : (N, n)
+        ``StampFit.r_rhs``.
+    x, y : (N,) candidate centres (PARENT pixels); valid : (N,) bool.
+    n_basis, kernel_order, bg_order, fit_background, constant_first_term, model, xy_range, max_condition :
+        Static layout, see :func:`spatial_system`.
 
     Returns
     -------
     SpatialSolution
     """
-    msp, bsp = spatial_system(
-        matrices, vectors, x, y, valid, n_basis=n_basis, kernel_order=kernel_order, bg_order=bg_order,
-        fit_background=fit_background, constant_first_term=constant_first_term, model=model, xy_range=xy_range,
-    )
-    sol, cond, status, inverse = solve_normal_equations(msp, bsp, max_condition=max_condition, return_inverse=True)
     n_kt = n_spatial_terms(kernel_order)
-    dtype = matrices.dtype
+    n_bt = n_spatial_terms(bg_order) if fit_background else 0
+    rows, cols, src, nt = _spatial_layout(n_basis, n_kt, n_bt, fit_background, constant_first_term)
+    order_ = np.argsort(cols)
+    r_idx, s_idx = rows[order_], src[order_]
+    dtype = factors.dtype
+    p = spatial_basis(x, y, kernel_order, model=model, xy_range=xy_range)
+    parts = [jnp.ones_like(p[:, :1]), p]
+    if fit_background:
+        parts.append(spatial_basis(x, y, bg_order, model=model, xy_range=xy_range))
+    pf = jnp.concatenate(parts, axis=1).astype(dtype)
+    ra = factors[:, :, r_idx] * pf[:, None, s_idx]  # (N, n, nt): R_c A_c
+    block = jnp.concatenate([ra, rhs[:, :, None]], axis=2)
+    block = jnp.where(valid[:, None, None], block, 0)
+    rr = _qr_r(block.reshape(-1, nt + 1))
+    sol, cond, status, inverse = solve_triangular_system(rr[:nt, :nt], rr[:nt, nt], max_condition=max_condition,
+                                                         return_inverse=True)
     if constant_first_term:
         first = jnp.zeros((1, n_kt), dtype).at[0, 0].set(sol[0])
         rest = sol[1 : 1 + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
@@ -580,8 +697,16 @@ def solve_spatial(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_o
     bcoeffs = sol[off:] if fit_background else jnp.zeros((1,), dtype)
     n_used = jnp.sum(valid)
     status = status | jnp.where(n_used > 0, 0, STATUS_SINGULAR).astype(jnp.int32)
-    cov = jnp.where(status == 0, inverse, jnp.nan)
+    cov = jnp.where((status & (STATUS_SINGULAR | STATUS_NONFINITE)) == 0, inverse, jnp.nan)
     return SpatialSolution(kcoeffs, bcoeffs, cond, status, n_used, cov)
+
+
+def regularization_root(h):
+    """A root ``L`` with ``L^T L = H`` of a symmetric PSD regularisation matrix (host, float64)."""
+    h = np.asarray(h, np.float64)
+    evals, evecs = np.linalg.eigh(0.5 * (h + h.T))
+    keep = evals > evals.max() * h.shape[0] * np.finfo(np.float64).eps
+    return (np.sqrt(evals[keep])[:, None] * evecs[:, keep].T)
 
 
 def term_kernels(basis_images, kernel_coeffs):

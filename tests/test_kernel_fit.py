@@ -220,7 +220,7 @@ def test_spatial_solution_recovers_linear_kernel_variation(float_dtype, x64):
         sci[c, 5:-5, 5:-5] = correlate2d(t[c], k, mode="valid")
     v = np.ones_like(t)
     fits = kf.fit_stamps(*(jnp.asarray(a, float_dtype) for a in (t, sci, v, v)), kf.make_fit_basis(images, dtype=float_dtype))
-    sol = kf.solve_spatial(fits.normal_matrix, fits.normal_vector, jnp.asarray(xs, float_dtype), jnp.asarray(ys, float_dtype),
+    sol = kf.solve_spatial(fits.r_factor, fits.r_rhs, jnp.asarray(xs, float_dtype), jnp.asarray(ys, float_dtype),
                            jnp.ones(n, bool), n_basis=nb, kernel_order=1, bg_order=0, fit_background=False,
                            constant_first_term=True, model="chebyshev1", xy_range=xr)
     assert int(sol.status) == 0
@@ -314,7 +314,7 @@ def _hp_fit(hotpants, keep, order, dtype):
                          fit_background=True, constant_variance=True)
     px = np.array([(x - 0.5 * w) / (0.5 * w) for x, _ in cents])
     py = np.array([(y - 0.5 * h) / (0.5 * h) for _, y in cents])
-    sol = kf.solve_spatial(fits.normal_matrix, fits.normal_vector, jnp.asarray(px, dtype), jnp.asarray(py, dtype),
+    sol = kf.solve_spatial(fits.r_factor, fits.r_rhs, jnp.asarray(px, dtype), jnp.asarray(py, dtype),
                            jnp.ones(len(cents), bool), n_basis=basis.shape[0], kernel_order=order, bg_order=0,
                            fit_background=True, constant_first_term=True, model="polynomial", xy_range=None)
     return fits, sol

@@ -1,5 +1,6 @@
 """Execute the notebooks at a small size (they must run top to bottom without errors)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def test_notebook_executes(path, tmp_path, monkeypatch, x64):
         assert "fitted science PSF sigma" in outputs
         fitted = float(outputs.split("fitted science PSF sigma = ")[1].split()[0])
         assert abs(fitted - 2.2) < 0.1
+    if path.name == "alard_lupton.ipynb":
+        # the notebook prints the numbers it computed as one JSON line; check them against the simulation's truth
+        line = [ln for ln in outputs.splitlines() if ln.startswith("RESULTS ")]
+        assert len(line) == 1, outputs[-2000:]
+        res = json.loads(line[0][len("RESULTS "):])
+        assert res["size"] == 256
+        assert abs(res["kernel_sum"] / 1.1 - 1) < 0.02  # kernel sum = simulated flux ratio
+        assert abs(res["z_std"] - 1) < 0.1  # D / sqrt(V) on star-free pixels
+        assert abs(res["var_ratio"] - 1) < 0.1  # var(D) / mean(V)
+        assert abs(res["background_centre"] - res["background_centre_true"]) < 1.0  # counts (pixel noise ~10)
+        assert res["kernel_sigma_max_error_inner"] < 0.15  # px, vs the ideal Gaussian kernel
+        assert res["lag1_after"] < res["lag1_before"]  # decorrelation whitens the difference
+        assert res["n_found"] >= res["n_transients"] - 1
+        assert res["zogy_n_found"] >= res["n_transients"] - 1

@@ -506,6 +506,8 @@ def fit_all(stamp_set, basis, kConfig, regularization=None, reg_lambda=0.0, reg_
     out.kernels = np.zeros((stamp_set.n, w, w))
     out.matrices = np.zeros((stamp_set.n, n_sys, n_sys))
     out.vectors = np.zeros((stamp_set.n, n_sys))
+    out.factors = np.zeros((stamp_set.n, n_sys, n_sys))
+    out.rhs = np.zeros((stamp_set.n, n_sys))
     max_cond = float(kConfig.maxConditionNumber) if kConfig.checkConditionNumber else None
     core = int(kConfig.candidateCoreRadius) if kConfig.useCoreStats else None
     for g in stamp_set.groups:
@@ -531,6 +533,8 @@ def fit_all(stamp_set, basis, kConfig, regularization=None, reg_lambda=0.0, reg_
         out.kernels[idx] = fits.kernel[:k]
         out.matrices[idx] = fits.normal_matrix[:k]
         out.vectors[idx] = fits.normal_vector[:k]
+        out.factors[idx] = fits.r_factor[:k]
+        out.rhs[idx] = fits.r_rhs[:k]
         out.status[idx] = fits.status[:k]
         out.mean[idx] = stats.mean[:k]
         out.rms[idx] = stats.rms[:k]
@@ -592,12 +596,12 @@ class SolveResult:
 
 
 def _regularization(kConfig, width):
-    """``(H, lambda, relative)`` for delta-function bases with regularisation, else ``(None, 0, False)``."""
+    """``(L, lambda, relative)`` (``H = L^T L``) for delta-function bases with regularisation, else ``(None, 0, False)``."""
     if kConfig.kernelBasisSet != "delta-function" or not getattr(kConfig, "useRegularization", False):
         return None, 0.0, False
     from ..kernel_basis import regularization_matrix_from_config
 
-    h = regularization_matrix_from_config(kConfig, width, bool(kConfig.fitForBackground))
+    h = kf.regularization_root(regularization_matrix_from_config(kConfig, width, bool(kConfig.fitForBackground)))
     if kConfig.lambdaType == "absolute":
         return h, float(kConfig.lambdaValue), False
     if kConfig.lambdaType == "relative":
@@ -670,7 +674,13 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
         cellSet.candidates[i].reason = why
 
     def judge(i, mean, rms, status, clipping, what):
-        """Single-kernel / spatial visitor verdict for candidate i; True if rejected."""
+        """Single-kernel / spatial visitor verdict for candidate i; True if rejected.
+
+        A singular stamp system is not a failure (LSST solves it with the pseudo-inverse and judges
+        the residuals); non-positive variances, non-finite values and (with checkConditionNumber)
+        ill-conditioning are.
+        """
+        status = status & ~kf.STATUS_SINGULAR
         if status:
             reject(i, f"{what}: {_status_text(status)}")
             return True
@@ -721,17 +731,26 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
             c.usedInSpatialFit = bool(u)
         nbk = _bucket(n)
         sol = kf.solve_spatial(
-            jnp.asarray(_pad(fits.matrices, nbk), dtype), jnp.asarray(_pad(fits.vectors, nbk), dtype),
+            jnp.asarray(_pad(fits.factors, nbk), dtype), jnp.asarray(_pad(fits.rhs, nbk), dtype),
             jnp.asarray(_pad(xs, nbk), dtype), jnp.asarray(_pad(ys, nbk), dtype), jnp.asarray(_pad(chosen, nbk, False)),
             n_basis=spBasis.shape[0], kernel_order=order, bg_order=bgOrder, fit_background=bool(kConfig.fitForBackground),
             constant_first_term=constantFirst, model=model, xy_range=xyRange,
         )
         sol = jax.device_get(sol)
-        if sol.status & (kf.STATUS_NONFINITE | kf.STATUS_SINGULAR):
+        if sol.status & kf.STATUS_SINGULAR:
+            log.warning("The spatial kernel system is singular (condition number %.3g); the minimum-norm "
+                        "pseudo-inverse solution is used", float(sol.condition))
+        kcoeffs = np.asarray(sol.kernel_coeffs, np.float64)
+        centreSum = float((np.asarray(spBasis, np.float64).reshape(spBasis.shape[0], -1).sum(axis=1)
+                           @ kcoeffs @ np.asarray(spatial_basis(np.float64(bbox.getCenter()[0]),
+                                                                np.float64(bbox.getCenter()[1]), order, model=model,
+                                                                xy_range=xyRange), np.float64)))
+        if sol.status & kf.STATUS_NONFINITE or not np.isfinite(centreSum) or centreSum <= 0:
             raise PsfMatchingError(
-                f"The spatial kernel system is {_status_text(int(sol.status))} ({nUsed} candidates, condition number "
-                f"{float(sol.condition):.3g}); reduce spatialKernelOrder/spatialBgOrder or supply more candidates "
-                "spread over the image.",
+                f"The spatial kernel solution is unusable ({_status_text(int(sol.status))}; kernel sum {centreSum:.3g} "
+                f"at the image centre from {nUsed} candidates, condition number {float(sol.condition):.3g}). Check that "
+                "the candidate stamps contain sources in both images, reduce spatialKernelOrder/spatialBgOrder or "
+                "supply more candidates spread over the image.",
                 metadata={"spatialConditionNum": float(sol.condition), "nCandidates": nUsed},
             )
         if float(sol.condition) > float(kConfig.maxSpatialConditionNumber):
