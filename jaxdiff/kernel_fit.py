@@ -381,12 +381,48 @@ def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inve
     return sol, condition, status
 
 
-def _qr_r(a):
-    """``R`` of a QR factorisation (only LAPACK geqrf; square ``(k, k)`` with ``k = a.shape[1]``)."""
+def _householder_r(a):
+    """``R`` of a QR factorisation by Householder reflections written in JAX (square ``(k, k)``).
+
+    Written in XLA ops, no LAPACK: it vectorises across a ``vmap`` batch of small stamp systems and
+    is also far faster than OpenBLAS geqrf on the tall spatial system here (0.03 s against 2.2 s
+    for 7168 x 162 in float32 on 2 cores); starting no LAPACK call also avoids concurrent LAPACK
+    calls (see :func:`solve_normal_equations`).
+    Backward stable like geqrf; the signs of R's rows may differ from LAPACK's (irrelevant for
+    ``R^T R`` and for least squares).
+    """
     m, k = a.shape
     if m < k:
         a = jnp.concatenate([a, jnp.zeros((k - m, k), a.dtype)], axis=0)
-    return jnp.linalg.qr(a, mode="r")[:k, :k]
+        m = k
+    rows = jnp.arange(m)
+
+    def step(j, a):
+        col = a[:, j]
+        x = jnp.where(rows >= j, col, 0)
+        normx = jnp.sqrt(jnp.sum(x * x))
+        xj = col[j]
+        alpha = -jnp.where(xj >= 0, 1.0, -1.0).astype(a.dtype) * normx
+        v = x.at[j].add(-alpha)
+        vn2 = jnp.sum(v * v)
+        beta = jnp.where(vn2 > 0, 2.0 / jnp.where(vn2 > 0, vn2, 1.0), 0.0)
+        w = jnp.matmul(v, a, precision=jax.lax.Precision.HIGHEST)
+        return a - beta * v[:, None] * w[None, :]
+
+    a = jax.lax.fori_loop(0, k, step, a)
+    return jnp.triu(a[:k, :k])
+
+
+def _tsqr_r(a, chunk_rows=2048):
+    """``R`` of a tall matrix by a two-level (TSQR) Householder factorisation: chunks, then their Rs."""
+    m, k = a.shape
+    rows = max(chunk_rows, 2 * k)
+    if m <= rows:
+        return _householder_r(a)
+    nch = -(-m // rows)
+    a = jnp.concatenate([a, jnp.zeros((nch * rows - m, k), a.dtype)], axis=0)
+    rs = jax.vmap(_householder_r)(a.reshape(nch, rows, k))
+    return _householder_r(rs.reshape(nch * k, k))
 
 
 # ------------------------------------------------------------------------------------------
@@ -446,7 +482,7 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
     # QR of the weighted design with the target appended: R[:n, :n] is the factor, R[:n, n] = Q^T y
     aug = jnp.concatenate([cols * sw[:, None], (target * sw)[:, None]], axis=1)
     n = cols.shape[1]
-    r_full = _qr_r(aug)
+    r_full = _householder_r(aug)
     r, z = r_full[:n, :n], r_full[:n, n]
     m = jnp.matmul(r.T, r, precision=hi)
     b = jnp.matmul(r.T, z, precision=hi)
@@ -461,7 +497,7 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
             jnp.concatenate([r, z[:, None]], axis=1),
             jnp.concatenate([jnp.sqrt(lam) * regularization, jnp.zeros((regularization.shape[0], 1), dtype)], axis=1),
         ], axis=0)
-        r2 = _qr_r(stacked)
+        r2 = _householder_r(stacked)
         r_solve, z_solve = r2[:n, :n], r2[:n, n]
     sol, cond, status = solve_triangular_system(r_solve, z_solve, max_condition=max_condition)
     status = status | jnp.where(bad_var, STATUS_BAD_VARIANCE, 0).astype(jnp.int32)
@@ -680,10 +716,13 @@ def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order,
     if fit_background:
         parts.append(spatial_basis(x, y, bg_order, model=model, xy_range=xy_range))
     pf = jnp.concatenate(parts, axis=1).astype(dtype)
-    ra = factors[:, :, r_idx] * pf[:, None, s_idx]  # (N, n, nt): R_c A_c
+    sel = np.zeros((factors.shape[-1], nt), np.float32)
+    sel[r_idx, np.arange(nt)] = 1.0
+    ra = jnp.matmul(factors, jnp.asarray(sel, dtype), precision=jax.lax.Precision.HIGHEST)
+    ra = ra * pf[:, s_idx][:, None, :]  # (N, n, nt): R_c A_c
     block = jnp.concatenate([ra, rhs[:, :, None]], axis=2)
     block = jnp.where(valid[:, None, None], block, 0)
-    rr = _qr_r(block.reshape(-1, nt + 1))
+    rr = _tsqr_r(block.reshape(-1, nt + 1))
     sol, cond, status, inverse = solve_triangular_system(rr[:nt, :nt], rr[:nt, nt], max_condition=max_condition,
                                                          return_inverse=True)
     if constant_first_term:

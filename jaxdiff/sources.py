@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .detection import find_peaks
+from .detection import Peaks as _Peaks
 from .stats import clipped_stats
 
 __all__ = ["DetectedSources", "smoothing_kernel_width", "detect_sources", "sources_to_table"]
@@ -66,20 +66,47 @@ def _gaussian_1d(sigma, width, dtype):
     return g / jnp.sum(g)
 
 
-def _binned_background(image, valid, bin_size):
-    """Median per ``bin_size`` block (valid pixels), bilinearly resized to the image."""
-    h, w = image.shape
+def _separable(image, g, axis_op="sum"):
+    """Correlate (``"sum"``) or max-filter (``"max"``) along both axes with a 1-D window, 'same' size.
+
+    Shifted-slice accumulation: for the small windows used here this is several times faster on
+    CPU than a 2-D convolution or ``reduce_window``.
+    """
+    w = g.shape[0]
+    half = w // 2
+    fill = 0 if axis_op == "sum" else -jnp.inf
+    out = image
+    for axis in (1, 0):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (half, half)
+        padded = jnp.pad(out, pad, constant_values=fill)
+        n = out.shape[axis]
+        acc = None
+        for i in range(w):
+            sl = jax.lax.slice_in_dim(padded, i, i + n, axis=axis)
+            term = sl * g[i] if axis_op == "sum" else sl
+            acc = term if acc is None else (acc + term if axis_op == "sum" else jnp.maximum(acc, term))
+        out = acc
+    return out
+
+
+def _binned_background(image, valid, bin_size, stride=2):
+    """Median per ``bin_size`` block (valid pixels, every ``stride``-th row and column), bilinearly resized."""
+    h, w = shape = image.shape
     ny, nx = max(h // bin_size, 1), max(w // bin_size, 1)
     by, bx = h // ny, w // nx
-    crop = image[: ny * by, : nx * bx].reshape(ny, by, nx, bx).transpose(0, 2, 1, 3).reshape(ny, nx, by * bx)
-    ok = valid[: ny * by, : nx * bx].reshape(ny, by, nx, bx).transpose(0, 2, 1, 3).reshape(ny, nx, by * bx)
+    image = image[: ny * by, : nx * bx].reshape(ny, by, nx, bx)[:, ::stride, :, ::stride]
+    valid = valid[: ny * by, : nx * bx].reshape(ny, by, nx, bx)[:, ::stride, :, ::stride]
+    by, bx = image.shape[1], image.shape[3]
+    crop = image.transpose(0, 2, 1, 3).reshape(ny, nx, by * bx)
+    ok = valid.transpose(0, 2, 1, 3).reshape(ny, nx, by * bx)
     med = jnp.nanmedian(jnp.where(ok, crop, jnp.nan), axis=-1)
-    glob = jnp.nanmedian(jnp.where(valid, image, jnp.nan))
+    glob = jnp.nanmedian(jnp.where(ok, crop, jnp.nan))
     glob = jnp.where(jnp.isfinite(glob), glob, 0)
     med = jnp.where(jnp.isfinite(med), med, glob)
     if ny == 1 and nx == 1:
-        return jnp.broadcast_to(med[0, 0], image.shape), glob
-    return jax.image.resize(med, image.shape, "linear"), glob
+        return jnp.broadcast_to(med[0, 0], shape), glob
+    return jax.image.resize(med, shape, "linear"), glob
 
 
 @functools.partial(jax.jit, static_argnames=("sigma", "max_sources", "bin_size", "footprint", "do_smooth"))
@@ -123,9 +150,7 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
     half = width // 2
     h, w = image.shape
     if do_smooth:
-        smooth = jax.lax.conv_general_dilated(
-            sub[None, None], jnp.outer(g, g)[None, None], (1, 1), "SAME", precision=hi
-        )[0, 0]
+        smooth = _separable(sub, g)
         rows = jnp.arange(h)[:, None]
         cols = jnp.arange(w)[None, :]
         interior = (rows >= half) & (rows < h - half) & (cols >= half) & (cols < w - half)
@@ -134,13 +159,21 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
         interior = jnp.ones((h, w), bool)
     # bad pixels spread over the smoothing window
     bad_f = (~valid).astype(dtype)
-    spread = jax.lax.reduce_window(bad_f, 0.0, jax.lax.max, (width, width), (1, 1), "SAME") > 0
+    spread = _separable(bad_f, g, "max") > 0
     usable = interior & ~spread
-    stats = clipped_stats(smooth, usable)
+    stats = clipped_stats(smooth[::2, ::2], usable[::2, ::2])  # a subsample is plenty for the noise level
     threshold = n_sigma * jnp.sqrt(stats.variance)
     if footprint is None:
         footprint = 2 * int(2.4 * sigma + 0.5) + 1
-    peaks = find_peaks(smooth, threshold, usable, max_peaks=max_sources, footprint=footprint)
+    # local maxima: separable max filter (faster than reduce_window on CPU), then the strongest
+    img = jnp.where(usable, smooth, -jnp.inf)
+    local_max = _separable(img, jnp.ones((footprint,), dtype), "max")
+    is_peak = (img == local_max) & (img > threshold) & usable
+    score = jnp.where(is_peak, img, -jnp.inf).ravel()
+    k = min(max_sources, score.size)
+    values, idx = jax.lax.top_k(score, k)
+    pyy, pxx = jnp.divmod(idx, w)
+    peaks = _Peaks(pxx, pyy, values, jnp.isfinite(values))
     py = jnp.clip(peaks.y, 1, h - 2)
     px = jnp.clip(peaks.x, 1, w - 2)
 
@@ -156,10 +189,7 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
     dy = jnp.clip(dy, -0.5, 0.5)
     g2 = jnp.sum(g * g) ** 2  # sum of the squared 2-D kernel
     if do_smooth:
-        var_s = jax.lax.conv_general_dilated(
-            jnp.where(valid, variance, 0)[None, None], (jnp.outer(g, g) ** 2)[None, None], (1, 1), "SAME",
-            precision=hi,
-        )[0, 0]
+        var_s = _separable(jnp.where(valid, variance, 0), g * g)
         flux = c0 / g2
         snr = c0 / jnp.sqrt(jnp.maximum(var_s[py, px], jnp.finfo(dtype).tiny))
     else:

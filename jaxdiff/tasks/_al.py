@@ -729,10 +729,12 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
             )
         for c, u in zip(cellSet.candidates, chosen):
             c.usedInSpatialFit = bool(u)
-        nbk = _bucket(n)
+        use = np.nonzero(chosen)[0]  # only the visited candidates enter (padded to a bucket)
+        nbk = _bucket(use.size)
         sol = kf.solve_spatial(
-            jnp.asarray(_pad(fits.factors, nbk), dtype), jnp.asarray(_pad(fits.rhs, nbk), dtype),
-            jnp.asarray(_pad(xs, nbk), dtype), jnp.asarray(_pad(ys, nbk), dtype), jnp.asarray(_pad(chosen, nbk, False)),
+            jnp.asarray(_pad(fits.factors[use], nbk), dtype), jnp.asarray(_pad(fits.rhs[use], nbk), dtype),
+            jnp.asarray(_pad(xs[use], nbk), dtype), jnp.asarray(_pad(ys[use], nbk), dtype),
+            jnp.asarray(_pad(np.ones(use.size, bool), nbk, False)),
             n_basis=spBasis.shape[0], kernel_order=order, bg_order=bgOrder, fit_background=bool(kConfig.fitForBackground),
             constant_first_term=constantFirst, model=model, xy_range=xyRange,
         )
