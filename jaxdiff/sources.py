@@ -153,22 +153,25 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
         smooth = _separable(sub, g)
         rows = jnp.arange(h)[:, None]
         cols = jnp.arange(w)[None, :]
-        interior = (rows >= half) & (rows < h - half) & (cols >= half) & (cols < w - half)
+        # one pixel of margin: a star centred just outside must not peak on the border
+        interior = (rows > half) & (rows < h - half - 1) & (cols > half) & (cols < w - half - 1)
     else:
         smooth = sub
         interior = jnp.ones((h, w), bool)
     # bad pixels spread over the smoothing window
     bad_f = (~valid).astype(dtype)
-    spread = _separable(bad_f, g, "max") > 0
+    spread = _separable(bad_f, jnp.ones((width + 2,), dtype), "max") > 0
     usable = interior & ~spread
     stats = clipped_stats(smooth[::2, ::2], usable[::2, ::2])  # a subsample is plenty for the noise level
     threshold = n_sigma * jnp.sqrt(stats.variance)
     if footprint is None:
         footprint = 2 * int(2.4 * sigma + 0.5) + 1
     # local maxima: separable max filter (faster than reduce_window on CPU), then the strongest
+    # (the maximum is taken over all pixels, so a slope rising towards a star just outside the
+    # usable region has no local maximum on its border)
+    local_max = _separable(smooth, jnp.ones((footprint,), dtype), "max")
     img = jnp.where(usable, smooth, -jnp.inf)
-    local_max = _separable(img, jnp.ones((footprint,), dtype), "max")
-    is_peak = (img == local_max) & (img > threshold) & usable
+    is_peak = (smooth == local_max) & (smooth > threshold) & usable
     score = jnp.where(is_peak, img, -jnp.inf).ravel()
     k = min(max_sources, score.size)
     values, idx = jax.lax.top_k(score, k)
