@@ -402,10 +402,32 @@ class BackgroundModel:
         return self.order
 
     def image(self, bbox, dtype=np.float64):
-        """The background evaluated on every pixel of ``bbox`` (array ``[y, x]``)."""
+        """The background evaluated on every pixel of ``bbox`` (array ``[y, x]``).
+
+        Evaluated separably (every term is ``f(x) g(y)``), so memory stays at one output image.
+        """
+        from ..spatial import spatial_exponents
+
         ys = np.arange(bbox.getMinY(), bbox.getMaxY() + 1, dtype=np.float64)
         xs = np.arange(bbox.getMinX(), bbox.getMaxX() + 1, dtype=np.float64)
-        return np.asarray(self(xs[None, :], ys[:, None]), dtype=dtype)
+        order = self.order
+        # 1-D tables: column k of tx is the x-factor of a term whose x power is k (likewise y)
+        tx = np.asarray(spatial_basis(xs, np.zeros_like(xs), order, model=self.model, xy_range=self.xyRange))
+        ty = np.asarray(spatial_basis(np.zeros_like(ys), ys, order, model=self.model, xy_range=self.xyRange))
+        exps = spatial_exponents(order)
+        colx = {i: exps.index((i, 0)) for i in range(order + 1)}
+        coly = {j: exps.index((0, j)) for j in range(order + 1)}
+        # the (i, 0) term at y = 0 is f_i(x) g_0(0); divide out g_0(0) (and f_0(0)) to get pure 1-D tables
+        gx0 = ty[0, coly[0]] if ty.shape[0] else 1.0
+        fx = {i: tx[:, colx[i]] for i in range(order + 1)}
+        gy = {j: ty[:, coly[j]] for j in range(order + 1)}
+        norm = tx[0, colx[0]] if tx.shape[0] else 1.0
+        out = np.zeros((ys.size, xs.size), dtype=dtype)
+        for c, (i, j) in zip(self.coeffs, exps):
+            if c == 0:
+                continue
+            out += (c / (gx0 * norm)) * np.outer(gy[j] * 1.0, fx[i]).astype(dtype)
+        return out
 
     def __repr__(self):
         return f"BackgroundModel({self.model} order {self.order}, parameters={self.getParameters()})"
@@ -438,43 +460,56 @@ def _pad(arr, n, value=0):
 
 
 class StampSet:
-    """Stamps of all candidates, grouped by stamp shape, padded to a bucketed count."""
+    """Stamps of all candidates, grouped by stamp shape, padded to a bucketed count.
 
-    def __init__(self, template, science, tvar, svar, bad, boxes, xy0):
-        self.groups = []  # (indices, corners (n,2) rows/cols, shape)
+    Stamps are cut on the host (``sliding_window_view`` + fancy indexing) so that no full-image
+    device copy is made; non-finite pixels are zeroed in the stamps (they are in ``bad``).
+    """
+
+    def __init__(self, template, science, tvar, svar, bad, boxes, xy0, dtype):
+        self.groups = []
         shapes = {}
         for i, b in enumerate(boxes):
             shapes.setdefault((b.getHeight(), b.getWidth()), []).append(i)
         self.n = len(boxes)
         x0, y0 = xy0
         for shape, idx in shapes.items():
-            corners = np.array([[boxes[i].getMinY() - y0, boxes[i].getMinX() - x0] for i in idx], np.int32)
+            rows = np.array([boxes[i].getMinY() - y0 for i in idx])
+            cols = np.array([boxes[i].getMinX() - x0 for i in idx])
             nb = _bucket(len(idx))
-            cp = _pad(corners, nb, 0)
-            cut = [kf.extract_stamps(a, jnp.asarray(cp), size=shape) for a in (template, science, tvar, svar)]
-            badst = kf.extract_stamps(bad, jnp.asarray(cp), size=shape)
+            rows, cols = _pad(rows, nb, 0), _pad(cols, nb, 0)
             valid = np.zeros(nb, bool)
             valid[: len(idx)] = True
-            # padded entries: harmless unit-variance zeros
-            vmask = jnp.asarray(valid)[:, None, None]
-            cut[2] = jnp.where(vmask, cut[2], 1.0)
-            cut[3] = jnp.where(vmask, cut[3], 1.0)
-            self.groups.append(dict(index=np.array(idx), shape=shape, stamps=cut, bad=badst, valid=valid))
+
+            def cut(a, fill=None):
+                st = np.lib.stride_tricks.sliding_window_view(a, shape)[rows, cols]
+                if fill is not None:
+                    st = np.where(valid[:, None, None], st, fill)
+                return st
+
+            badst = cut(bad)
+            cutouts = []
+            for a, fill in ((template, None), (science, None), (tvar, 1.0), (svar, 1.0)):
+                st = cut(a, fill).astype(dtype, copy=False)
+                st = np.where(np.isfinite(st), st, 0).astype(dtype, copy=False)
+                cutouts.append(jnp.asarray(st))
+            self.groups.append(dict(index=np.array(idx), shape=shape, stamps=cutouts, bad=jnp.asarray(badst),
+                                    valid=valid))
 
 
 def candidate_ratings(stamp_set, core_radius):
     """LSST's rating: mean of ``I / sqrt(var)`` of the science stamp over the central core box."""
     ratings = np.full(stamp_set.n, np.nan)
     for g in stamp_set.groups:
-        s = np.asarray(g["stamps"][1])
-        v = np.asarray(g["stamps"][3])
-        bad = np.asarray(g["bad"])
         h, w = g["shape"]
         r = core_radius
         sl = (slice(None), slice(h // 2 - r, h // 2 + r + 1), slice(w // 2 - r, w // 2 + r + 1))
+        s = np.asarray(g["stamps"][1][sl], np.float64)
+        v = np.asarray(g["stamps"][3][sl], np.float64)
+        bad = np.asarray(g["bad"][sl])
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = s[sl] / np.sqrt(v[sl])
-        ok = ~bad[sl] & np.isfinite(z)
+            z = s / np.sqrt(v)
+        ok = ~bad & np.isfinite(z)
         n = ok.sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
             val = np.where(n > 0, np.where(ok, z, 0).sum(axis=(1, 2)) / n, np.nan)
@@ -636,15 +671,16 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
     tmask = np.asarray(templateMI.mask.array)
     smask = np.asarray(scienceMI.mask.array)
     badBits = mask_bits(templateMI.mask, kConfig.badMaskPlanes) | mask_bits(scienceMI.mask, kConfig.badMaskPlanes)
-    arrays = [jnp.asarray(a, dtype) for a in (templateMI.image.array, scienceMI.image.array,
-                                               templateMI.variance.array, scienceMI.variance.array)]
-    finite = jnp.isfinite(arrays[0]) & jnp.isfinite(arrays[1]) & jnp.isfinite(arrays[2]) & jnp.isfinite(arrays[3])
-    bad = jnp.asarray(((tmask | smask) & badBits) != 0) | ~finite
-    arrays = [jnp.where(finite, a, 0) for a in arrays]
+    planes = [np.asarray(a) for a in (templateMI.image.array, scienceMI.image.array,
+                                      templateMI.variance.array, scienceMI.variance.array)]
+    bad = ((tmask | smask) & badBits) != 0
+    for a in planes:
+        bad |= ~np.isfinite(a)
     boxes = [b for _, b in candidates]
     xs = np.array([_source_xy(s)[0] for s, _ in candidates])
     ys = np.array([_source_xy(s)[1] for s, _ in candidates])
-    stamps = StampSet(*arrays, bad, boxes, xy0)
+    stamps = StampSet(*planes, bad, boxes, xy0, np.dtype(dtype))
+    del bad
     ratings = candidate_ratings(stamps, int(kConfig.candidateCoreRadius))
     cells = np.array([cell_index(x, y, bbox, kConfig.sizeCellX, kConfig.sizeCellY) for x, y in zip(xs, ys)])
     cellSet = KernelCellSet(bbox, int(kConfig.sizeCellX), int(kConfig.sizeCellY))

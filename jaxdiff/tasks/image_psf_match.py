@@ -221,7 +221,7 @@ class ImagePsfMatchTask(Task):
         of the smoothed image, local maxima, quadratic sub-pixel centroid, PSF flux. Pixels in
         ``selectDetection.statsMask`` planes are excluded.
         """
-        from ..sources import detect_sources, sources_to_table
+        from ..sources import detect_sources_banded, sources_to_table
         from ._exposure import mask_bits
 
         if sigma is None:
@@ -230,11 +230,11 @@ class ImagePsfMatchTask(Task):
             if psf is not None:
                 sigma = float(psf.computeShape(psf.getAveragePosition()).getDeterminantRadius())
         mi = exposure.getMaskedImage() if hasattr(exposure, "getMaskedImage") else exposure
-        dtype = jnp.result_type(float)
+        dtype = np.dtype(jnp.result_type(float))
         badBits = mask_bits(mi.mask, self.config.selectDetection.statsMask)
         bad = (np.asarray(mi.mask.array) & badBits) != 0
-        det = detect_sources(
-            jnp.asarray(mi.image.array, dtype), jnp.asarray(mi.variance.array, dtype), jnp.asarray(bad),
+        det = detect_sources_banded(
+            np.asarray(mi.image.array, dtype), np.asarray(mi.variance.array, dtype), bad,
             sigma=round(float(sigma), 3), n_sigma=float(self.config.selectDetection.thresholdValue),
             max_sources=int(self.config.maxSelectSources), do_smooth=bool(doSmooth),
         )
