@@ -146,7 +146,6 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
     sub = jnp.where(valid, image - bkg, 0)
     width = smoothing_kernel_width(sigma)
     g = _gaussian_1d(sigma, width, dtype)
-    hi = jax.lax.Precision.HIGHEST
     half = width // 2
     h, w = image.shape
     if do_smooth:
