@@ -280,3 +280,24 @@ def psf_to_otf(psf: Float[ArrayLike, "Kh Kw"], fft_shape: Sequence[int]) -> Comp
     ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
     mm = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
     return mm(ey, mm(psf.astype(cdtype), ex))
+
+
+def half_spectrum_weights(width: int) -> np.ndarray:
+    """Multiplicity of each ``rfft`` column in the full DFT grid (1 for DC and Nyquist, else 2)."""
+    w = np.full(width // 2 + 1, 2)
+    w[0] = 1
+    if width % 2 == 0:
+        w[-1] = 1
+    return w
+
+
+def stamp_idft_matrices(fft_shape: Sequence[int], stamp_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Matrices evaluating an inverse real DFT (half spectrum in) on a centred stamp only.
+
+    ``crop_center_origin(irfft2(X, s=fft_shape), stamp_shape) == Re(ey @ X @ ex)``: two skinny
+    matrix products instead of a full-size inverse FFT.
+    """
+    (fh, fw), (kh, kw) = fft_shape, stamp_shape
+    ey = centered_dft_matrix(fh, kh, inverse=True).T / (fh * fw)
+    ex = half_spectrum_weights(fw)[:, None] * centered_dft_matrix(fw, kw, inverse=True)[: fw // 2 + 1]
+    return ey, ex

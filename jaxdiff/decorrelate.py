@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._fft import centered_dft_matrix, crop_center_origin, fast_fft_shape, psf_to_otf
+from ._fft import crop_center_origin, fast_fft_shape, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
 from .stats import clipped_stats
 
 __all__ = [
@@ -134,29 +134,17 @@ def _check_levels(svar, tvar, fft_shape):
             raise ValueError(msg)
 
 
-def _half_weights(width: int) -> np.ndarray:
-    """Multiplicity of each ``rfft`` column in the full DFT grid (1 for DC and Nyquist, else 2)."""
-    w = np.full(width // 2 + 1, 2)
-    w[0] = 1
-    if width % 2 == 0:
-        w[-1] = 1
-    return w
-
-
 def _full_mean(half, fft_shape):
     """Mean over the full DFT grid of a real, even function of frequency given on the half grid."""
     fh, fw = fft_shape
-    per_row = jnp.sum(jnp.asarray(_half_weights(fw), half.dtype) * half, axis=1)
+    per_row = jnp.sum(jnp.asarray(half_spectrum_weights(fw), half.dtype) * half, axis=1)
     return jnp.sum(per_row) / (fh * fw)
 
 
 def _stamp_from_half_spectrum(spec, fft_shape, stamp_shape):
     """``crop_center_origin(irfft2(spec, s=fft_shape), stamp_shape)`` with two skinny matrix products."""
-    (fh, fw), (kh, kw) = fft_shape, stamp_shape
     cdtype = spec.dtype
-    ey = jnp.asarray(centered_dft_matrix(fh, kh, inverse=True).T / (fh * fw), cdtype)
-    ex = jnp.asarray(_half_weights(fw)[:, None] * centered_dft_matrix(fw, kw, inverse=True)[: fw // 2 + 1],
-                     cdtype)  # fmt: skip
+    ey, ex = (jnp.asarray(m, cdtype) for m in stamp_idft_matrices(fft_shape, stamp_shape))
     mm = functools.partial(jnp.matmul, precision=_PRECISION)
     return mm(ey, mm(spec, ex)).real
 

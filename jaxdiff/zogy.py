@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._fft import centered_dft_matrix, fast_fft_shape, fast_fft_size, psf_to_otf
+from ._fft import fast_fft_shape, fast_fft_size, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
 
 __all__ = ["PAD_MODES", "ZogyResult", "default_fft_shape", "zogy"]
 
@@ -269,27 +269,6 @@ def zogy(
     )  # fmt: skip
 
 
-def _half_spectrum_weights(width: int) -> np.ndarray:
-    """Multiplicity of each rfft column in the full DFT (1 for DC and Nyquist, else 2)."""
-    w = np.full(width // 2 + 1, 2)
-    w[0] = 1
-    if width % 2 == 0:
-        w[-1] = 1
-    return w
-
-
-def _stamp_idft_matrices(fft_shape, stamp_shape):
-    """Matrices evaluating an inverse real DFT (half spectrum in) on a centred stamp only.
-
-    ``crop_center_origin(irfft2(X, s=fft_shape), stamp_shape) == Re(ey @ X @ ex)``: two
-    skinny matrix products instead of a full-size inverse FFT.
-    """
-    (fh, fw), (kh, kw) = fft_shape, stamp_shape
-    ey = centered_dft_matrix(fh, kh, inverse=True).T / (fh * fw)
-    ex = _half_spectrum_weights(fw)[:, None] * centered_dft_matrix(fw, kw, inverse=True)[: fw // 2 + 1]
-    return ey, ex
-
-
 @functools.partial(jax.jit, static_argnames=("fft_shape", "calculate_score", "pad_mode"))
 def _zogy_jit(
     new_image, ref_image, new_psf, ref_psf, new_variance, ref_variance, new_noise_var, ref_noise_var,
@@ -320,7 +299,7 @@ def _zogy_jit(
     def cx(a):
         return a.astype(cdtype)
 
-    weights = _half_spectrum_weights(fw)[None, :]
+    weights = half_spectrum_weights(fw)[None, :]
 
     def full_sum(half):
         """Sum of a real function of frequency over the full DFT grid, given the half plane."""
@@ -373,7 +352,7 @@ def _zogy_jit(
     kmax = [max(a, b) for a, b in zip(new_psf.shape, ref_psf.shape)]
     small_shape = tuple(min(fast_fft_size(64 * k), f) for k, f in zip(kmax, fft_shape))
     small = full if small_shape == fft_shape else spectra(small_shape)
-    stamp_mats = [jnp.asarray(m, cdtype) for m in _stamp_idft_matrices(small_shape, new_psf.shape)]
+    stamp_mats = [jnp.asarray(m, cdtype) for m in stamp_idft_matrices(small_shape, new_psf.shape)]
 
     def stamps(*spectra_):  # normalised PSF stamps from half spectra, without full-size inverse FFTs
         mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
