@@ -238,6 +238,23 @@ def _good(a, hw):
 
 # ------------------------------------------------------------------------------------------
 # Solver
+def _sanitize(a, v):
+    """Non-finite inputs -> (identity, 0) so the solvers stay finite; returns (a, v, finite_in)."""
+    n = a.shape[-1]
+    finite_in = jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(v))
+    return jnp.where(finite_in, a, jnp.eye(n, dtype=a.dtype)), jnp.where(finite_in, v, 0), finite_in
+
+
+def _finish_status(sol, singular, finite_in, condition, max_condition):
+    """Zero a non-finite solution and combine the status bits."""
+    finite_out = jnp.all(jnp.isfinite(sol))
+    status = jnp.where(singular, STATUS_SINGULAR, STATUS_OK)
+    status = status | jnp.where(finite_in & finite_out, 0, STATUS_NONFINITE)
+    if max_condition is not None:
+        status = status | jnp.where(condition > max_condition, STATUS_ILL_CONDITIONED, 0)
+    return jnp.where(finite_out, sol, 0), status.astype(jnp.int32)
+
+
 def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, return_inverse=False):
     """Solve ``M a = b`` for a symmetric positive semi-definite ``M``, returning a status.
 
@@ -278,9 +295,7 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, re
     dtype = matrix.dtype
     if rcond is None:
         rcond = n * jnp.finfo(dtype).eps
-    finite_in = jnp.all(jnp.isfinite(matrix)) & jnp.all(jnp.isfinite(vector))
-    m_safe = jnp.where(finite_in, matrix, jnp.eye(n, dtype=dtype))
-    v_safe = jnp.where(finite_in, vector, 0)
+    m_safe, v_safe, finite_in = _sanitize(matrix, vector)
     sym = 0.5 * (m_safe + m_safe.T)
     tiny = jnp.finfo(dtype).tiny
     # Jacobi scaling (unit diagonal) before solving: same solution, far better conditioned in float32
@@ -300,18 +315,13 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, re
     inv = jnp.where(keep, 1.0 / jnp.where(keep, evals, 1.0), 0.0)
     pinv = evecs @ (inv * (evecs.T @ rhs))
     sol = jnp.where(singular, pinv, direct) * d
-    finite_out = jnp.all(jnp.isfinite(sol))
-    status = jnp.where(singular, STATUS_SINGULAR, STATUS_OK)
-    status = status | jnp.where(finite_in & finite_out, 0, STATUS_NONFINITE)
-    if max_condition is not None:
-        status = status | jnp.where(condition > max_condition, STATUS_ILL_CONDITIONED, 0)
-    sol = jnp.where(finite_out, sol, 0)
+    sol, status = _finish_status(sol, singular, finite_in, condition, max_condition)
     if return_inverse:
         # reuse the decomposition: XLA:CPU may run independent LAPACK calls concurrently, which
         # was seen to deadlock (jax 0.10.2), so no second factorisation is started here
         inverse = (evecs * inv[None, :]) @ evecs.T * d[:, None] * d[None, :]
-        return sol, condition, status.astype(jnp.int32), inverse
-    return sol, condition, status.astype(jnp.int32)
+        return sol, condition, status, inverse
+    return sol, condition, status
 
 
 def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inverse=False):
@@ -347,9 +357,7 @@ def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inve
     dtype = r.dtype
     if rcond is None:
         rcond = n * jnp.finfo(dtype).eps
-    finite_in = jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(z))
-    r = jnp.where(finite_in, r, jnp.eye(n, dtype=dtype))
-    z = jnp.where(finite_in, z, 0)
+    r, z, finite_in = _sanitize(r, z)
     norms = jnp.sqrt(jnp.sum(r * r, axis=0))
     dpos = norms > 0
     d = jnp.where(dpos, 1.0 / jnp.where(dpos, norms, 1.0), 1.0)
@@ -367,13 +375,7 @@ def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inve
     inv = jnp.where(keep, 1.0 / jnp.where(keep, sv, 1.0), 0.0)
     pinv = vt.T @ (inv * (u.T @ z))
     sol = jnp.where(singular, pinv, direct) * d
-    finite_out = jnp.all(jnp.isfinite(sol))
-    status = jnp.where(singular, STATUS_SINGULAR, STATUS_OK)
-    status = status | jnp.where(finite_in & finite_out, 0, STATUS_NONFINITE)
-    if max_condition is not None:
-        status = status | jnp.where(condition > max_condition, STATUS_ILL_CONDITIONED, 0)
-    sol = jnp.where(finite_out, sol, 0)
-    status = status.astype(jnp.int32)
+    sol, status = _finish_status(sol, singular, finite_in, condition, max_condition)
     if return_inverse:
         vi = jax.lax.stop_gradient(vt.T * inv[None, :])
         inverse = (vi @ vi.T) * d[:, None] * d[None, :]

@@ -894,7 +894,6 @@ class _Uncertainty:
     def _gradients(self, x, y):
         nb = self.sums.size
         p = self._phi(x, y, self.order)
-        nkt = p.size
         gk = []
         for m in range(nb):
             if m == 0 and self.constantFirst:
@@ -909,7 +908,6 @@ class _Uncertainty:
         gbg = np.zeros(n)
         if self.fitBackground:
             gbg[gk.size:] = self._phi(x, y, self.bgOrder)
-        del nkt
         return gsum, gbg
 
     def kernelSum(self, x, y):

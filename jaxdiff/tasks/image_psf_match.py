@@ -407,14 +407,14 @@ class ImagePsfMatchTask(Task):
 
     def _solveAndConvolve(self, templateMI, scienceMI, candidateList, templateFwhmPix, scienceFwhmPix):
         from ..convolve import spatially_varying_convolve_masked_image
-        from ..image import Image, Mask, MaskedImage
+        from ..image import Exposure, Image, Mask, MaskedImage
         from ._al import normalize_candidates, solve_psf_matching
 
         cands = normalize_candidates(candidateList)
         missing = [i for i, (_, b) in enumerate(cands) if b is None]
         if missing:
             size = self._kernelSize(templateFwhmPix, scienceFwhmPix)
-            grown = self.makeCandidateList(Exposure_(templateMI), Exposure_(scienceMI), size,
+            grown = self.makeCandidateList(Exposure(templateMI), Exposure(scienceMI), size,
                                            candidateList=[s for s, _ in cands])
             cands = normalize_candidates(grown)
         self.makeKernelBasisList(templateFwhmPix, scienceFwhmPix, metadata=self.metadata)
@@ -629,13 +629,6 @@ class ImagePsfMatchTask(Task):
         bgImage = res.backgroundModel.image(scienceMaskedImage.getBBox(), dtype=scienceMaskedImage.image.array.dtype)
         res.subtractedMaskedImage = (scienceMaskedImage - res.psfMatchedMaskedImage) - bgImage
         return res
-
-
-def Exposure_(maskedImage):
-    """A bare Exposure around a MaskedImage (for candidate selection on masked images)."""
-    from ..image import Exposure
-
-    return Exposure(maskedImage)
 
 
 def _meanVariance(exposure):
