@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "run_demo", "find_shared_data", "load_nircam_pair"]
+__all__ = ["main", "console_main", "run_demo", "find_shared_data", "load_nircam_pair", "tune_host_malloc"]
 
 NIRCAM_DIR = "sfft_nircam_a2744"
 NIRCAM_REF = "jw01324001001-01324-o001_t001_nircam_clear-f200w_i2d_stamp"
@@ -536,5 +536,42 @@ def main(argv=None):
         parser.error(str(exc))
 
 
-if __name__ == "__main__":  # pragma: no cover
+def tune_host_malloc() -> bool:
+    """Tell glibc to keep and reuse freed memory in this process; ``True`` if it took effect.
+
+    XLA's CPU runtime allocates every temporary with ``malloc``.  glibc serves blocks above
+    32 MiB (one 4096² float32 image is 64 MiB) with a fresh ``mmap`` and unmaps them on
+    ``free``, so each call pays a page fault for every 4 KiB page of every temporary.  This
+    sets one malloc arena, no mmap and no trimming (``mallopt``; what
+    ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so freed
+    blocks are reused: ZOGY at 4096² runs about twice as fast on a 2-core CPU
+    (``benchmarks/README.md``, "Allocator effect").  The price is that the process keeps its
+    peak memory until it exits, which suits a command-line run.
+
+    The ``jaxdiff`` command calls this at start-up (set ``JAXDIFF_DEFAULT_MALLOC=1`` to skip it).
+    The library never does: the allocator belongs to the application.  Does nothing (returns
+    ``False``) where the C library is not glibc.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
+    settings = ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1))
+    return all(libc.mallopt(key, value) == 1 for key, value in settings)
+
+
+def console_main():
+    """Entry point of the ``jaxdiff`` command: tune the allocator (see :func:`tune_host_malloc`), run :func:`main`."""
+    if os.environ.get("JAXDIFF_DEFAULT_MALLOC", "") in ("", "0"):
+        tune_host_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    console_main()

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .detection import Peaks as _Peaks
-from .stats import clipped_stats
+from .stats import clipped_stats, masked_median
 
 __all__ = ["DetectedSources", "smoothing_kernel_width", "detect_sources", "detect_sources_banded", "sources_to_table"]
 
@@ -101,7 +101,7 @@ def _binned_background(image, valid, bin_size, stride=2):
     crop = image.transpose(0, 2, 1, 3).reshape(ny, nx, by * bx)
     ok = valid.transpose(0, 2, 1, 3).reshape(ny, nx, by * bx)
     med = jnp.nanmedian(jnp.where(ok, crop, jnp.nan), axis=-1)
-    glob = jnp.nanmedian(jnp.where(ok, crop, jnp.nan))
+    glob = masked_median(crop, ok)
     glob = jnp.where(jnp.isfinite(glob), glob, 0)
     med = jnp.where(jnp.isfinite(med), med, glob)
     if ny == 1 and nx == 1:
@@ -199,7 +199,7 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
         snr = c0 / jnp.sqrt(jnp.maximum(variance[py, px], jnp.finfo(dtype).tiny))
     return DetectedSources(
         x=px.astype(dtype) + dx, y=py.astype(dtype) + dy, peak_x=px, peak_y=py, flux=flux, snr=snr,
-        peak=peaks.value, valid=peaks.valid, threshold=threshold, background=jnp.median(bkg),
+        peak=peaks.value, valid=peaks.valid, threshold=threshold, background=masked_median(bkg),
     )
 
 

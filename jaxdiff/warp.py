@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .stats import masked_median
+
 __all__ = [
     "KERNELS",
     "kernel_half_width",
@@ -579,7 +581,7 @@ def _warp_planes(image, variance, mask, x_src, y_src, *, kernel, mask_kernel, gr
     full = (mask & grow_bits) | jnp.where(finite, 0, no_data_bits).astype(mask.dtype)
     msk = msk | _resample_mask(full, x_src, y_src, kernel)
     valid = _support_mask(image.shape, x_src, y_src, kernel) & _support_mask(image.shape, x_src, y_src, mask_kernel)
-    fill_var = jnp.nanmedian(jnp.where(valid, var, jnp.nan))
+    fill_var = masked_median(var, valid)  # no sort: XLA:CPU sorts single-threaded
     fill_var = jnp.where(jnp.isfinite(fill_var), fill_var, 0.0)
     img = jnp.where(valid, img, 0.0)
     var = jnp.where(valid, var, fill_var)

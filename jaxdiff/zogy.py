@@ -184,7 +184,11 @@ def zogy(
     skinny matrix products (separable DFTs restricted to the stamp), not full-size FFTs;
     the P_D / P_S stamps come from their spectra on a small grid of about 64 stamp sizes
     (or ``fft_shape`` when that is smaller), so they do not depend on the image size.
-    On XLA:CPU an ``irfft2`` costs about 1.8 ``rfft2``.
+    On XLA:CPU an ``irfft2`` costs about 1.8 ``rfft2``, and these FFTs alone set the speed:
+    at 4096² float32 on a 2-core CPU the 16 (4) transforms with nothing between them take
+    23–33× (7.5–10×) one image-size ``rfft2``, and this function about 1.1–1.5× (1.6–2×)
+    that (``benchmarks/README.md``, "The FFT floor of the algorithm").  In a command-line or
+    batch process, :func:`jaxdiff.cli.tune_host_malloc` roughly halves the time at that size.
 
     Conditioning: where *both* PSF transfer functions fall to rounding level (|P̂| ≲ 1e-7 in
     float32, ≲ 1e-16 in float64; for Gaussians σ ≳ 1.5 px resp. ≳ 3 px), ĉ1 and ĉ2 are

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ._fft import fast_fft_shape, psf_to_otf
+from .stats import masked_median
 
 __all__ = ["FluxShiftFit", "fit_flux_ratio_shift", "fourier_shift"]
 
@@ -122,14 +123,14 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
     fy, fx = _freqs(fft_shape, dtype)
     ok = jnp.ones((h, w), bool) if valid is None else valid
     ok = ok & jnp.isfinite(new_image) & jnp.isfinite(ref_image)
-    n_med = jnp.median(n_cc)
+    n_med = masked_median(n_cc)
 
     def step(carry, _):
         shift, _prev = carry
         phase = jnp.exp(-2j * jnp.pi * (fx * shift[0] + fy * shift[1]))
         rs_hat = rp_hat * phase
         r_cc = crop(jnp.fft.irfft2(rs_hat, s=fft_shape))
-        r_med = jnp.median(r_cc)
+        r_med = masked_median(r_cc)
         sel = ok & (r_cc - r_med > snr_min * sig_r) & (n_cc - n_med > snr_min * sig_n)
         cols = [r_cc, jnp.ones_like(r_cc)]
         if fit_shift:

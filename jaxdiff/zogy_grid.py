@@ -77,6 +77,8 @@ def cell_noise_variances(variance, good, *, cell_shape, n_cells):
     cells_v = _tile(variance, cell_shape, n_cells, 0.0)
     cells_g = _tile(good, cell_shape, n_cells, False)
     per_cell = jax.vmap(lambda v, g: clipped_stats(v, g).mean)(cells_v, cells_g)
+    if tuple(n_cells) == (1, 1):  # the one cell holds every pixel: the fallback is the same number
+        return per_cell.reshape(n_cells)
     full = clipped_stats(variance, good).mean
     out = jnp.where(jnp.isfinite(per_cell) & (per_cell > 0), per_cell, full)
     return out.reshape(n_cells)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import Exposure
+from jaxdiff import cli
 from jaxdiff.cli import main, run_demo
 
 
@@ -46,6 +47,32 @@ def test_zogy_command_on_fits_files(tmp_path, capsys):
 def test_cli_needs_a_command():
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_console_entry_tunes_the_allocator_unless_told_not_to(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "tune_host_malloc", lambda: calls.append("tuned"))
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    for env, expected in (("", ["tuned"]), ("1", [])):
+        calls.clear()
+        monkeypatch.setenv("JAXDIFF_DEFAULT_MALLOC", env)
+        with pytest.raises(SystemExit) as exc:
+            cli.console_main()
+        assert exc.value.code == 7 and calls == expected
+
+
+def test_tune_host_malloc():
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":  # in a child: not this process's allocator
+        code = "import jaxdiff.cli as c; print(c.tune_host_malloc())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+        assert out.stdout.strip() == "True"
+    with pytest.MonkeyPatch.context() as mp:  # anywhere else it declines without touching the process
+        mp.setattr(platform, "libc_ver", lambda: ("musl", ""))
+        assert cli.tune_host_malloc() is False
 
 
 # ---------------------------------------------------------------------------------------------

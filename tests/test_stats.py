@@ -57,3 +57,35 @@ def test_robust_std_gaussian():
     rng = np.random.default_rng(0)
     x = rng.normal(0, 3.0, 200_000)
     assert float(robust_std(jnp.asarray(x))) == pytest.approx(3.0, rel=0.01)
+
+
+def test_masked_quantiles_are_exact_order_statistics(float_dtype):
+    """The sort-free selection (integer keys, histogram + bisection) against numpy's quantiles."""
+    from jaxdiff.stats import _masked_quantiles
+
+    rng = np.random.default_rng(11)
+    qs = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+    quantiles = jax.jit(lambda x, ok: _masked_quantiles(x, ok, qs)[0])
+    for trial in range(12):
+        shape = [(1,), (2,), (3,), (97,), (33, 17), (40, 60)][trial % 6]
+        x = rng.normal(size=shape) * 10.0 ** rng.integers(-3, 6)
+        x[rng.random(shape) < 0.1] = 0.0
+        x[rng.random(shape) < 0.05] = -0.0
+        if trial % 3 == 0:
+            x = np.round(x)  # many ties
+        x[rng.random(shape) < 0.05] = np.inf
+        ok = (rng.random(shape) < 0.8) & np.isfinite(x)
+        ok.flat[0] = np.isfinite(x.flat[0])
+        x = x.astype(float_dtype)
+        if not ok.any():
+            continue
+        got = np.array(quantiles(jnp.asarray(x), jnp.asarray(ok)), np.float64)
+        want = np.quantile(x[ok].astype(np.float64), qs)
+        # order statistics are exact; only the interpolation rounds
+        np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(float_dtype).eps * np.abs(x[ok]).max())
+    # batched (one set of quantiles per cell) equals the loop
+    x = rng.normal(size=(5, 64)).astype(float_dtype)
+    ok = rng.random((5, 64)) < 0.6
+    med = jax.vmap(lambda a, b: _masked_quantiles(a, b, (0.5,))[0][0])(jnp.asarray(x), jnp.asarray(ok))
+    np.testing.assert_allclose(np.asarray(med, np.float64), [np.median(x[i][ok[i]].astype(np.float64)) for i in range(5)],
+                               rtol=1e-6)
