@@ -36,6 +36,8 @@ Deviations from LSST's ``ip_diffim`` (2021-2023 ``zogy.py``), each deliberate:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +63,78 @@ def _grid_boxes(size, inner):
     return n, -(-size // n)  # ceil so that n cells of equal size cover the axis
 
 
+@functools.partial(jax.jit, static_argnames=("and_mask", "fill_bits", "correct_background", "scale_variance"))
+def _prepare_arrays(image, variance, mask, scale, *, and_mask, fill_bits, correct_background, scale_variance):
+    """One input's arrays for ZOGY (one compiled program, no eager full-size passes).
+
+    Calibrated image and variance (``scale`` = PhotoCalib mean or 1), bad pixels (non-finite or
+    in ``fill_bits``) filled with the clipped means, optional background subtraction and the
+    ScaleVarianceTask-like rescaling.  Returns image, variance, mask, bad, good, nonfinite, the
+    variance scale factor and the noise level (clipped mean of the final variance over the good
+    pixels, as ``cell_noise_variances`` computes it for one cell: clipping commutes with the
+    scaling).
+    """
+    image = jnp.asarray(image) * scale
+    variance = jnp.asarray(variance) * (scale * scale)
+    mask = jnp.asarray(mask)
+    nonfinite = ~(jnp.isfinite(image) & jnp.isfinite(variance))
+    bad = nonfinite | ((mask & fill_bits) != 0)
+    good = ~bad & ((mask & and_mask) == 0)
+    if correct_background:
+        image = image - clipped_stats(image, good).mean
+    im_stats = clipped_stats(image, good)
+    var_stats = clipped_stats(variance, good & (variance > 0))
+    # fill bad pixels with the clipped mean of the good ones (LSST: the NaN-mean of the plane)
+    image = jnp.where(bad, im_stats.mean, image)
+    variance = jnp.where(bad, var_stats.mean, variance)
+    factor = jnp.asarray(1.0, image.dtype)
+    if scale_variance:
+        # ScaleVarianceTask idea: the variance of (image / sqrt(variance)) over sky pixels.
+        # Sky pixels: usable, and variance not raised by source photon noise; the 3-sigma
+        # clipped variance then removes what remains of the sources.
+        sky = good & (variance > 0) & (variance <= var_stats.mean * (1 + 1e-6) + 3 * jnp.sqrt(var_stats.variance))
+        ratio = (image - im_stats.median) / jnp.sqrt(jnp.where(variance > 0, variance, 1.0))
+        factor = clipped_stats(ratio, sky).variance
+        variance = variance * factor
+    return image, variance, mask, bad, good, nonfinite, factor, var_stats.mean * factor
+
+
+@functools.partial(jax.jit, static_argnames=("no_data", "edge_bits", "edge", "and_mask", "calculate_score",
+                                             "normalize", "out_dtype"))  # fmt: skip
+def _finish_arrays(res, bad1, bad2, mask1, mask2, nonfinite1, nonfinite2, *, no_data, edge_bits, edge, and_mask,
+                   calculate_score, normalize, out_dtype):  # fmt: skip
+    """Output planes from the ZOGY core result (one compiled program).
+
+    Masks OR-ed, NO_DATA where an input was non-finite, EDGE in the band of half a PSF box
+    along the edges; S and S_corr zeroed (variance 1) at filled or variance-less pixels; the
+    optional robust S_corr normalisation.  Returns (diff, diffVar, mask, score, scoreVar,
+    scoreCorr, norm), the score entries ``None`` without the score.
+    """
+    bad = bad1 | bad2
+    out_mask = mask1 | mask2
+    out_mask = jnp.where(nonfinite1 | nonfinite2, out_mask | no_data, out_mask)
+    height, width = out_mask.shape
+    edge_y, edge_x = edge
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    in_edge = (rows < edge_y) | (rows >= height - edge_y) | (cols < edge_x) | (cols >= width - edge_x)
+    out_mask = jnp.where(in_edge, out_mask | edge_bits, out_mask)
+    diff = res.difference.astype(out_dtype)
+    diff_var = res.difference_variance.astype(out_dtype)
+    if not calculate_score:
+        return diff, diff_var, out_mask, None, None, None, jnp.asarray(1.0, res.difference.dtype)
+    tiny_var = 100 * jnp.finfo(res.score_variance.dtype).tiny
+    flagged = bad | (res.score_variance < tiny_var)
+    score = jnp.where(flagged, 0.0, res.score)
+    score_var = jnp.where(flagged, 1.0, res.score_variance)
+    score_corr = jnp.where(flagged, 0.0, res.score_corr)
+    norm = jnp.asarray(1.0, score_corr.dtype)
+    if normalize:
+        norm = robust_std(score_corr, ~flagged & ((out_mask & and_mask) == 0))
+        score_corr = score_corr / norm
+    return (diff, diff_var, out_mask, score.astype(out_dtype), score_var.astype(out_dtype),
+            score_corr.astype(out_dtype), norm)  # fmt: skip
+
+
 class ZogyTask(Task):
     """Compute the ZOGY difference and score images of two registered exposures.
 
@@ -72,11 +146,8 @@ class ZogyTask(Task):
     _DefaultName = "imageDifferenceZogy"
 
     # ------------------------------------------------------------------------------------------
-    def _calibrate(self, exposure, fluxScaling):
-        """Return (image, variance, F) arrays after the photometric scaling rules of LSST."""
-        mi = exposure.getMaskedImage()
-        image = jnp.asarray(mi.image.array)
-        variance = jnp.asarray(mi.variance.array)
+    def _calibration(self, exposure, fluxScaling):
+        """(pixel scale c, flux scaling F) after the photometric scaling rules of LSST."""
         if self.config.scaleByCalibration:
             calib = exposure.getPhotoCalib()
             if calib is None:
@@ -85,39 +156,21 @@ class ZogyTask(Task):
                     "Attach a PhotoCalib to each, or set config.scaleByCalibration=False and give the "
                     "flux scalings."
                 )
-            c = calib.getCalibrationMean()
-            return image * c, variance * (c * c), 1.0
-        return image, variance, float(fluxScaling)
+            return float(calib.getCalibrationMean()), 1.0
+        return 1.0, float(fluxScaling)
 
     def _prepare(self, exposure, fluxScaling, what):
         mask = exposure.getMask()
-        marr = jnp.asarray(mask.array)
-        andMask = mask_bits(mask, self.config.ignoreMaskPlanes)
-        fillBits = mask_bits(mask, _FILL_PLANES)
-        image, variance, flux = self._calibrate(exposure, fluxScaling)
-        nonfinite = ~(jnp.isfinite(image) & jnp.isfinite(variance))
-        bad = nonfinite | ((marr & fillBits) != 0)
-        good = ~bad & ((marr & andMask) == 0)
-        if self.config.correctBackground:
-            bg = clipped_stats(image, good).mean
-            image = image - bg
-        imStats = clipped_stats(image, good)
-        varStats = clipped_stats(variance, good & (variance > 0))
-        # fill bad pixels with the clipped mean of the good ones (LSST: the NaN-mean of the plane)
-        image = jnp.where(bad, imStats.mean, image)
-        variance = jnp.where(bad, varStats.mean, variance)
-        scale = jnp.asarray(1.0, image.dtype)
-        if self.config.doScaleVariance:
-            # ScaleVarianceTask idea: the variance of (image / sqrt(variance)) over sky pixels.
-            # Sky pixels: usable, and variance not raised by source photon noise; the 3-sigma
-            # clipped variance then removes what remains of the sources.
-            sky = good & (variance > 0) & (
-                variance <= varStats.mean * (1 + 1e-6) + 3 * jnp.sqrt(varStats.variance))
-            ratio = (image - imStats.median) / jnp.sqrt(jnp.where(variance > 0, variance, 1.0))
-            scale = clipped_stats(ratio, sky).variance
-            variance = variance * scale
+        mi = exposure.getMaskedImage()
+        scale, flux = self._calibration(exposure, fluxScaling)
+        image, variance, marr, bad, good, nonfinite, varianceScale, noise = _prepare_arrays(
+            mi.image.array, mi.variance.array, mask.array, scale,
+            and_mask=mask_bits(mask, self.config.ignoreMaskPlanes), fill_bits=mask_bits(mask, _FILL_PLANES),
+            correct_background=bool(self.config.correctBackground),
+            scale_variance=bool(self.config.doScaleVariance),
+        )  # fmt: skip
         return Struct(image=image, variance=variance, mask=marr, bad=bad, good=good, nonfinite=nonfinite,
-                      flux=flux, varianceScale=scale, what=what)
+                      flux=flux, varianceScale=varianceScale, noise=noise, what=what)
 
     def _fitFluxRatioShift(self, p1, p2, psf1, psf2):
         """Fit beta = F_n/F_r and/or the science-template shift; update ``p1``/``p2`` in place."""
@@ -237,8 +290,11 @@ class ZogyTask(Task):
 
         from ..zogy_grid import cell_noise_variances, zogy_cells
 
-        noise1 = cell_noise_variances(p1.variance, p1.good, cell_shape=(ch, cw), n_cells=(ny, nx))
-        noise2 = cell_noise_variances(p2.variance, p2.good, cell_shape=(ch, cw), n_cells=(ny, nx))
+        if (ny, nx) == (1, 1) and not fitted:  # the clipped variance mean of _prepare is that cell's
+            noise1, noise2 = p1.noise.reshape(1, 1), p2.noise.reshape(1, 1)
+        else:
+            noise1 = cell_noise_variances(p1.variance, p1.good, cell_shape=(ch, cw), n_cells=(ny, nx))
+            noise2 = cell_noise_variances(p2.variance, p2.good, cell_shape=(ch, cw), n_cells=(ny, nx))
         dtype = p1.image.dtype
         res = zogy_cells(
             p1.image, p2.image,
@@ -249,36 +305,21 @@ class ZogyTask(Task):
             cell_shape=(ch, cw), border=border, calculate_score=calculateScore,
         )
 
-        bad = p1.bad | p2.bad
-        outMask = p1.mask | p2.mask
-        noData = mask_bits(exposure1.getMask(), ["NO_DATA"])
-        outMask = jnp.where(p1.nonfinite | p2.nonfinite, outMask | noData, outMask)
-        # sources within half a PSF box of the edge are truncated by it, differently in the two
-        # images: their residuals are not noise, so flag that band EDGE (not done by LSST's ZOGY)
-        edgeY = max(psf1.shape[1], psf2.shape[1]) // 2
-        edgeX = max(psf1.shape[2], psf2.shape[2]) // 2
-        rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
-        inEdge = (rows < edgeY) | (rows >= height - edgeY) | (cols < edgeX) | (cols >= width - edgeX)
-        outMask = jnp.where(inEdge, outMask | mask_bits(exposure1.getMask(), ["EDGE"]), outMask)
-
+        edge = (max(psf1.shape[1], psf2.shape[1]) // 2, max(psf1.shape[2], psf2.shape[2]) // 2)
         outDtype = np.dtype(exposure1.getMaskedImage().dtype)
-        diff = res.difference.astype(outDtype)
-        diffVar = res.difference_variance.astype(outDtype)
+        mask1 = exposure1.getMask()
+        # sources within half a PSF box of the edge are truncated by it, differently in the two
+        # images: their residuals are not noise, so that band is flagged EDGE (not done by LSST's ZOGY)
+        diff, diffVar, outMask, score, scoreVar, scoreCorr, norm = _finish_arrays(
+            res, p1.bad, p2.bad, p1.mask, p2.mask, p1.nonfinite, p2.nonfinite,
+            no_data=mask_bits(mask1, ["NO_DATA"]), edge_bits=mask_bits(mask1, ["EDGE"]), edge=edge,
+            and_mask=mask_bits(mask1, cfg.ignoreMaskPlanes), calculate_score=bool(calculateScore),
+            normalize=bool(cfg.doNormalizeScore), out_dtype=outDtype.name,
+        )  # fmt: skip
         scalars = {"fluxZeroPoint": jnp.mean(res.flux_zero_point), "nDegenerate": jnp.sum(res.n_degenerate),
                    "scienceVarianceScale": p1.varianceScale, "templateVarianceScale": p2.varianceScale,
                    "scienceNoiseVariance": jnp.mean(noise1), "templateNoiseVariance": jnp.mean(noise2)}
-        score = scoreVar = scoreCorr = None
         if calculateScore:
-            tinyVar = 100 * jnp.finfo(res.score_variance.dtype).tiny
-            flagged = bad | (res.score_variance < tinyVar)
-            score = jnp.where(flagged, 0.0, res.score)
-            scoreVar = jnp.where(flagged, 1.0, res.score_variance)
-            scoreCorr = jnp.where(flagged, 0.0, res.score_corr)
-            norm = jnp.asarray(1.0, scoreCorr.dtype)
-            if cfg.doNormalizeScore:
-                andMask = mask_bits(exposure1.getMask(), cfg.ignoreMaskPlanes)
-                norm = robust_std(scoreCorr, ~flagged & ((outMask & andMask) == 0))
-                scoreCorr = scoreCorr / norm
             scalars["scoreNormalizationFactor"] = norm
         # one device -> host transfer for everything small
         scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
