@@ -51,40 +51,52 @@ def _from_order_keys(keys, dtype):
 
 
 def _order_statistics(flat, ok, ranks):
-    """``(s[ranks], s[ranks + 1])`` for ``s = sort(flat[ok])``, without sorting.
+    """``(s[ranks], s[ranks + 1])`` for ``s = sort(flat[ok])``, without sorting (radix selection).
 
-    Order-preserving integer keys of the values; a 65536-bin histogram of their top 16 bits
-    fixes those bits of each wanted key, and a bisection over the remaining bits (16 steps in
-    float32, 48 in float64), counting the keys below a pivot for all ranks in one fused pass
-    per step, finds the rest.  The next order statistic comes from one more pass (the count
-    at the found key and the smallest larger key).  Exact; about 10x faster than ``jnp.sort``,
-    which XLA:CPU runs single-threaded (4.4 s for a 4096² image).  Invalid entries get the
-    largest key; ranks must be below the number of valid values (``s[ranks + 1]`` is clamped
-    to the last valid value).  Not differentiable (the values pass through integer keys).
+    The values become order-preserving unsigned integer keys; the wanted keys are then found
+    16 bits at a time, most significant first: a 65536-bin histogram of the next 16 bits of the
+    keys that share the bits found so far (one scatter-add for all ranks: each key counts for
+    the first rank whose prefix it matches) and a cumulative sum give the next digit of every
+    rank.  Two histogram passes in float32, four in float64, plus one pass for the next order
+    statistic (the count at the found key and the smallest larger key).  Exact; about 20x
+    faster than ``jnp.sort``, which XLA:CPU runs single-threaded (4.4 s for a 4096² image).
+    Invalid entries never count; ranks must be below the number of valid values
+    (``s[ranks + 1]`` is clamped to the last one).  Not differentiable (integer keys).
     """
     keys, uint, nbits = _order_keys(jax.lax.stop_gradient(flat))
     kmax = jnp.asarray(jnp.iinfo(uint).max, uint)
     keys = jnp.where(ok, keys, kmax)
-    need = ranks.astype(jnp.int32) + 1
-    low_bits = nbits - 16
-    top = (keys >> low_bits).astype(jnp.int32)
-    hist = jnp.zeros(1 << 16, jnp.int32).at[top].add(ok.astype(jnp.int32))
-    bins = jnp.searchsorted(jnp.cumsum(hist), need, side="left").astype(uint)
-    lo = bins << low_bits
-    hi = lo | ((uint(1) << low_bits) - 1)
-
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        below = jnp.sum(keys[None, :] <= mid[:, None], axis=1, dtype=jnp.int32)
-        enough = below >= need
-        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
-
-    found, _ = jax.lax.fori_loop(0, low_bits, step, (lo, hi))
+    weight = ok.astype(jnp.int32)
+    need = ranks.astype(jnp.int32) + 1  # 1-based rank still to find within the current prefix
+    n_ranks = need.shape[0]
+    prefix = jnp.zeros(need.shape, uint)
+    digits = 1 << 16
+    for level in range(nbits // 16):
+        shift = nbits - 16 * (level + 1)
+        digit = ((keys >> shift) & uint(digits - 1)).astype(jnp.int32)
+        if level == 0:
+            slot_of_rank = jnp.zeros(need.shape, jnp.int32)
+            hist = jnp.zeros((1, digits), jnp.int32).at[0, digit].add(weight)
+        else:
+            high = prefix >> (shift + 16)
+            # ranks with the same prefix share one histogram row: the first of them
+            same = high[:, None] == high[None, :]
+            slot_of_rank = jnp.argmax(same, axis=1).astype(jnp.int32)
+            match = (keys[None, :] >> (shift + 16)) == high[:, None]  # (ranks, n)
+            first = jnp.argmax(match, axis=0).astype(jnp.int32)
+            slot = jnp.where(jnp.any(match, axis=0), first, n_ranks)  # n_ranks = no rank's prefix
+            hist = jnp.zeros((n_ranks + 1, digits), jnp.int32).at[slot, digit].add(weight)
+        cum = jnp.cumsum(hist[slot_of_rank], axis=1)  # (ranks, 65536)
+        d = jax.vmap(lambda c, k: jnp.searchsorted(c, k, side="left"))(cum, need).astype(jnp.int32)
+        d = jnp.minimum(d, digits - 1)
+        before = jnp.where(d > 0, jnp.take_along_axis(cum, jnp.maximum(d - 1, 0)[:, None], axis=1)[:, 0], 0)
+        need = need - before
+        prefix = prefix | (d.astype(uint) << shift)
+    found = prefix
     at_or_below = jnp.sum(keys[None, :] <= found[:, None], axis=1, dtype=jnp.int32)
     larger = jnp.min(jnp.where(keys[None, :] > found[:, None], keys[None, :], kmax), axis=1)
-    n_valid = jnp.sum(ok, dtype=jnp.int32)
-    following = jnp.where((at_or_below > need) | (need >= n_valid), found, larger)
+    n_valid = jnp.sum(weight)
+    following = jnp.where((at_or_below > ranks + 1) | (ranks + 1 >= n_valid), found, larger)
     return _from_order_keys(found, flat.dtype), _from_order_keys(following, flat.dtype)
 
 
