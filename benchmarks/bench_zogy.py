@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +139,12 @@ def tune_malloc():
 
     XLA's CPU runtime allocates every large temporary with malloc; glibc serves blocks
     > 32 MiB with a fresh mmap and unmaps them on free, so every call pays page faults
-    for every temporary.  This reproduces, from inside the process, what
-    ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` does.
+    for every temporary.  Uses the library's opt-in helper (what the ``jaxdiff`` command does).
     """
-    import ctypes
+    sys.path.insert(0, str(REPO))
+    from jaxdiff.cli import tune_host_malloc
 
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    return all(libc.mallopt(k, v) == 1 for k, v in ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
+    return tune_host_malloc()
 
 
 def fft_chain(n, r, vn, vr, *, fft_shape, per_pixel):
@@ -240,7 +237,7 @@ def worker_jax(args):
         res[f"fft_chain_{variant}_s"] = _median(ts)
         hlo = chain.lower(*grid_img).compile().as_text()
         res[f"fft_chain_{variant}_n_fft"] = _hlo_summary(hlo, args.dtype)["n_fft_ops"]
-    del grid_img
+    grid_img = None  # free the four grid-size arrays
     sfft.rfft2(a["new"], workers=2)
     res["rfft2_scipy_s"] = _median(timed(lambda: sfft.rfft2(a["new"], workers=2), args.floor_repeats))
 
