@@ -49,16 +49,35 @@ def test_cli_needs_a_command():
         main([])
 
 
-def test_console_entry_tunes_the_allocator_unless_told_not_to(monkeypatch):
+def test_console_entry_tunes_the_process_unless_told_not_to(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli, "tune_host_malloc", lambda: calls.append("tuned"))
+    monkeypatch.setattr(cli, "tune_host_malloc", lambda: calls.append("malloc"))
+    monkeypatch.setattr(cli, "enable_compilation_cache", lambda: calls.append("cache"))
     monkeypatch.setattr(cli, "main", lambda: 7)
-    for env, expected in (("", ["tuned"]), ("1", [])):
+    for malloc_env, cache_env, expected in (("", "", ["malloc", "cache"]), ("1", "", ["cache"]), ("0", "1", ["malloc"])):
         calls.clear()
-        monkeypatch.setenv("JAXDIFF_DEFAULT_MALLOC", env)
+        monkeypatch.setenv("JAXDIFF_DEFAULT_MALLOC", malloc_env)
+        monkeypatch.setenv("JAXDIFF_NO_COMPILE_CACHE", cache_env)
         with pytest.raises(SystemExit) as exc:
             cli.console_main()
         assert exc.value.code == 7 and calls == expected
+
+
+def test_compilation_cache_is_written_and_reused(tmp_path):
+    """In a child process (it changes JAX's global config): programs land in the cache folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp; from jaxdiff.cli import enable_compilation_cache as e; "
+        "print(e()); jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "JAXDIFF_CACHE_DIR": "", "JAX_COMPILATION_CACHE_DIR": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    folder = tmp_path / "jaxdiff" / "xla"
+    assert out.stdout.strip() == str(folder)
+    assert any(folder.iterdir()), "no compiled program was cached"
 
 
 def test_tune_host_malloc():
