@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxdiff import Exposure
-from jaxdiff import cli
+from jaxdiff import Exposure, cli
 from jaxdiff.cli import main, run_demo
 
 
