@@ -190,7 +190,7 @@ def masked_median(values, valid=None):
     """Median of the finite ``values`` where ``valid`` (numpy's ``median`` of ``values[valid]``).
 
     The same result as ``jnp.nanmedian(jnp.where(valid, values, nan))`` but without a sort
-    (see :func:`_order_statistics`): about 10x faster on CPU for large images.  NaN when no
+    (see :func:`_order_statistics`): over 10x faster on CPU for large images.  NaN when no
     value is usable.  Not differentiable.
     """
     values = jnp.asarray(values)
