@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -342,3 +343,25 @@ def al_quality(diff, var_expected, sky, star_pixels, *, kernel_sum=None, flux_ra
         if flux_ratio:
             out["kernel_sum_err"] = float(kernel_sum / flux_ratio - 1.0)
     return out
+
+
+def wait_for_load(max_load: float, max_wait: float) -> None:
+    """Wait (up to ``max_wait`` s) until the 1-minute load average is below ``max_load`` (0: don't wait)."""
+    if not max_load:
+        return
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= max_load and time.perf_counter() - t0 < max_wait:
+        time.sleep(10)
+    if os.getloadavg()[0] >= max_load:
+        print(f"  (load {os.getloadavg()[0]:.2f} still >= {max_load} after {max_wait:.0f} s; going on)", flush=True)
+
+
+def package_versions(python: str, names) -> dict:
+    """Installed versions of the distributions ``names`` in the environment of interpreter ``python``."""
+    code = ("import json,importlib.metadata as m\nout={}\n"
+            f"for n in {tuple(names)!r}:\n"
+            "    try: out[n]=m.version(n)\n    except Exception: pass\nprint(json.dumps(out))")  # fmt: skip
+    try:
+        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}

@@ -38,9 +38,11 @@ from _common import (  # noqa: E402
     al_expected_variance,
     al_quality,
     environment,
+    package_versions,
     rss_bytes,
     timed,
     trim_heap,
+    wait_for_load,
 )
 
 README = HERE / "README.md"
@@ -446,26 +448,6 @@ def _run_child(argv, python, timeout, label, workdir, mem_limit):
     return res
 
 
-def _wait_for_load(max_load, max_wait):
-    if not max_load:
-        return
-    t0 = time.perf_counter()
-    while os.getloadavg()[0] >= max_load and time.perf_counter() - t0 < max_wait:
-        time.sleep(10)
-    if os.getloadavg()[0] >= max_load:
-        print(f"  (load {os.getloadavg()[0]:.2f} still >= {max_load} after {max_wait:.0f} s; going on)", flush=True)
-
-
-def _versions(python, names):
-    code = ("import json,importlib.metadata as m\nout={}\n"
-            f"for n in {tuple(names)!r}:\n"
-            "    try: out[n]=m.version(n)\n    except Exception: pass\nprint(json.dumps(out))")  # fmt: skip
-    try:
-        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return {}
-
-
 def _git_state():
     """Commit of the repository and whether jaxdiff/ has uncommitted changes (the code measured)."""
     try:
@@ -717,7 +699,7 @@ def driver(args, argv):
     t_start = time.perf_counter()
     env = environment()
     env["git"] = _git_state()
-    versions = _versions(sys.executable, ("jax", "jaxlib", "numpy", "scipy", "astropy"))
+    versions = package_versions(sys.executable, ("jax", "jaxlib", "numpy", "scipy", "astropy"))
     peers = []
     for p in args.peers:
         peers += ["ois_al"] if p == "ois" else [p]
@@ -729,7 +711,7 @@ def driver(args, argv):
         print(f"peer python {args.peer_python} not found: peers skipped (see benchmarks/README.md for how to build it)")
         peers = []
     elif peers:
-        peer_versions = _versions(args.peer_python, ("numpy", "scipy", "astropy", "sfft", "ois", "numba", "pyFFTW", "sep"))
+        peer_versions = package_versions(args.peer_python, ("numpy", "scipy", "astropy", "sfft", "ois", "numba", "pyFFTW", "sep"))
     args._peers = peers
     print(f"# environment: {json.dumps(env)}")
     print(f"# versions: {versions}")
@@ -755,7 +737,7 @@ def driver(args, argv):
         results[(n, 0, "_gen")] = meta
         for o in args.orders:
             for prec in args.precisions:
-                _wait_for_load(args.max_load, args.max_wait)
+                wait_for_load(args.max_load, args.max_wait)
                 r = _run_child(["--worker", "jax", "--data", str(ddir), "--order", str(o), "--precision", prec,
                                 "--repeats", str(args.repeats), "--floor-repeats", str(args.floor_repeats)],
                                sys.executable, args.jax_timeout, f"jaxdiff {n}² order {o} {prec}", workdir,

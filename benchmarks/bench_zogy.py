@@ -37,12 +37,15 @@ from _common import (  # noqa: E402
     environment,
     load_pair,
     make_pair,
+    package_versions,
     save_pair,
     scorr_quality,
     timed,
+    wait_for_load,
 )
 
 README = HERE / "README.md"
+ZOGY_PACKAGES = ("jax", "jaxlib", "numpy", "scipy", "astropy", "properimage", "mirar", "pyFFTW", "sep")
 RESULTS_START = "<!-- RESULTS START (written by bench_zogy.py --write-readme) -->"
 RESULTS_END = "<!-- RESULTS END -->"
 PEERS_MD = {  # median seconds per call from /work/shared/research/peers.md (NOT this run)
@@ -450,27 +453,6 @@ def _run_child(argv, python, timeout, label):
     return res
 
 
-def _wait_for_load(max_load, max_wait):
-    """Wait (up to max_wait s) until the 1-minute load average is below max_load (0: don't wait)."""
-    if not max_load:
-        return
-    t0 = time.perf_counter()
-    while os.getloadavg()[0] >= max_load and time.perf_counter() - t0 < max_wait:
-        time.sleep(10)
-    if os.getloadavg()[0] >= max_load:
-        print(f"  (load {os.getloadavg()[0]:.2f} still >= {max_load} after {max_wait:.0f} s; going on)", flush=True)
-
-
-def _versions(python):
-    code = ("import json,importlib.metadata as m\nout={}\n"
-            "for n in ('jax','jaxlib','numpy','scipy','astropy','properimage','mirar','pyFFTW','sep'):\n"
-            "    try: out[n]=m.version(n)\n    except Exception: pass\nprint(json.dumps(out))")  # fmt: skip
-    try:
-        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return {}
-
-
 def _fmt(x, nd=3):
     if x is None:
         return "—"
@@ -719,7 +701,7 @@ def driver(args):
     unknown = peers - set(ALL_PEERS)
     if unknown:
         raise SystemExit(f"unknown peers {sorted(unknown)}; choose from {ALL_PEERS}")
-    versions = _versions(sys.executable)
+    versions = package_versions(sys.executable, ZOGY_PACKAGES)
     peer_python = args.peer_python
     peer_versions = {}
     if peers & set(PEER_NAMES):
@@ -727,7 +709,7 @@ def driver(args):
             print(f"peer python {peer_python} not found: peers skipped (see README for how to build it)")
             peers -= set(PEER_NAMES)
         else:
-            peer_versions = {k: v for k, v in _versions(peer_python).items() if k not in ("jax", "jaxlib")}
+            peer_versions = {k: v for k, v in package_versions(peer_python, ZOGY_PACKAGES).items() if k not in ("jax", "jaxlib")}
     print(f"# environment: {json.dumps(env)}")
     print(f"# versions: {versions}")
     if peer_versions:
@@ -755,7 +737,7 @@ def driver(args):
                 argv.append("--numpyref")
             if args.profile:
                 argv.append("--profile")
-            _wait_for_load(args.max_load, args.max_wait)
+            wait_for_load(args.max_load, args.max_wait)
             r = {"jax": _run_child(argv, sys.executable, args.jax_timeout, f"jax {n}² {dt}")}
             if not args.no_memory:
                 for variant in ("pixel", "scalar"):
