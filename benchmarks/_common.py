@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -365,3 +366,29 @@ def package_versions(python: str, names) -> dict:
         return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout)
     except (OSError, ValueError, subprocess.SubprocessError):
         return {}
+
+
+def write_results_block(readme: Path, start: str, end: str, report: str, heading: str) -> None:
+    """Replace the text between the ``start`` and ``end`` markers of ``readme`` with ``report``, atomically.
+
+    Without the markers the block is appended under ``heading``; the file keeps its permissions.
+    """
+    text = readme.read_text() if readme.exists() else ""
+    block = f"{start}\n\n{report}\n{end}"
+    if start in text and end in text:
+        new = text.split(start)[0] + block + text.split(end, 1)[1]
+    else:
+        new = text.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
+    mode = readme.stat().st_mode & 0o777 if readme.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=str(readme.parent), prefix=".README.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    os.chmod(tmp, mode if mode & 0o044 else 0o644)  # mkstemp makes 0600 files
+    os.replace(tmp, readme)
+
+
+def write_results_json(path, env: dict, versions: dict, peer_versions: dict, results: dict) -> None:
+    """All raw numbers of a run as JSON; result keys (tuples) joined with "/"."""
+    payload = {"env": env, "versions": versions, "peer_versions": peer_versions,
+               "results": {"/".join(map(str, k)): v for k, v in results.items()}}  # fmt: skip
+    Path(path).write_text(json.dumps(payload, indent=1, default=str))

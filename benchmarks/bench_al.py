@@ -43,6 +43,8 @@ from _common import (  # noqa: E402
     timed,
     trim_heap,
     wait_for_load,
+    write_results_block,
+    write_results_json,
 )
 
 README = HERE / "README.md"
@@ -682,17 +684,7 @@ def acceptance(results, args, sizes):
 
 
 def write_readme(report: str):
-    text = README.read_text()
-    block = f"{RESULTS_START}\n\n{report}\n{RESULTS_END}"
-    if RESULTS_START in text and RESULTS_END in text:
-        new = text.split(RESULTS_START)[0] + block + text.split(RESULTS_END, 1)[1]
-    else:
-        new = text.rstrip() + "\n\n## Alard–Lupton\n\n### Results\n\n" + block + "\n"
-    mode = README.stat().st_mode & 0o777
-    tmp = README.parent / f".README.al.{os.getpid()}.tmp"
-    tmp.write_text(new)
-    os.chmod(tmp, mode if mode & 0o044 else 0o644)
-    os.replace(tmp, README)
+    write_results_block(README, RESULTS_START, RESULTS_END, report, '## Alard–Lupton\n\n### Results')
 
 
 def driver(args, argv):
@@ -785,9 +777,7 @@ def driver(args, argv):
     print()
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "versions": versions, "peer_versions": peer_versions,
-                                               "results": {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in results.items()}},
-                                              indent=1, default=str))  # fmt: skip
+        write_results_json(args.json, env, versions, peer_versions, results)
     if args.write_readme:
         write_readme(report)
         print(f"\nwrote the Alard–Lupton results block of {README}")

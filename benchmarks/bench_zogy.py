@@ -42,6 +42,8 @@ from _common import (  # noqa: E402
     scorr_quality,
     timed,
     wait_for_load,
+    write_results_block,
+    write_results_json,
 )
 
 README = HERE / "README.md"
@@ -678,20 +680,7 @@ def acceptance(results, args):
 
 
 def write_readme(report: str):
-    text = README.read_text() if README.exists() else ""
-    block = f"{RESULTS_START}\n\n{report}\n{RESULTS_END}"
-    if RESULTS_START in text and RESULTS_END in text:
-        pre = text.split(RESULTS_START)[0]
-        post = text.split(RESULTS_END, 1)[1]
-        new = pre + block + post
-    else:
-        new = (text.rstrip() + "\n\n## Results\n\n" if text else "# ZOGY benchmarks\n\n## Results\n\n") + block + "\n"
-    mode = README.stat().st_mode & 0o777 if README.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=str(README.parent), prefix=".README.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, mode if mode & 0o044 else 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, README)
+    write_results_block(README, RESULTS_START, RESULTS_END, report, '## Results')
 
 
 def driver(args):
@@ -789,9 +778,7 @@ def driver(args):
     print()
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "versions": versions, "peer_versions": peer_versions,
-                                               "results": {f"{k[0]}/{k[1]}": v for k, v in results.items()}},
-                                              indent=1, default=str))  # fmt: skip
+        write_results_json(args.json, env, versions, peer_versions, results)
     if args.write_readme:
         write_readme(report)
         print(f"\nwrote results section of {README}")

@@ -64,6 +64,23 @@ def _detect(scoreCorrExposure, threshold, max_peaks=50):
     return sorted(pos + neg, key=lambda p: -abs(p["value"]))
 
 
+def _report_detections(prefix, name, dets, truth, threshold):
+    """Log the detections of a simulated pair, marking those within 3 px of an injected transient.
+
+    Returns the number of transients recovered and their x positions (the truth catalogue).
+    """
+    tx = np.asarray(truth.transient_x)
+    ty = np.asarray(truth.transient_y)
+    found = 0
+    _log(f"{prefix} detections at |{name}| > {threshold}:")
+    for d in dets:
+        match = bool(len(tx)) and bool(np.hypot(tx - d["x"], ty - d["y"]).min() < 3)
+        found += match
+        _log(f"   x={d['x']:5d} y={d['y']:5d} {name}={d['value']:+8.2f} {'(injected transient)' if match else ''}")
+    _log(f"{prefix} {found} of {len(tx)} injected transients recovered, {len(dets) - found} other detections")
+    return found, tx
+
+
 def _panel(path, science, template, diff, scorr, detections, title,
            labels=("science", "template", "difference D", "S_corr (sigma)")):
     try:
@@ -141,16 +158,7 @@ def demo_simulated(outdir, *, size, seed, threshold):
     _, res, dt = _run_zogy(pair.science, pair.template, normalize=False, scale_variance=False)
     _log(f"[sim] ZOGY warm call took {dt:.3f} s")
     dets = _detect(res.scoreCorrExposure, threshold)
-    tx = np.asarray(pair.truth.transient_x)
-    ty = np.asarray(pair.truth.transient_y)
-    found = 0
-    _log(f"[sim] detections at |S_corr| > {threshold}:")
-    for d in dets:
-        dist = np.hypot(tx - d["x"], ty - d["y"]) if len(tx) else np.array([np.inf])
-        match = bool(dist.min() < 3) if len(dist) else False
-        found += match
-        _log(f"   x={d['x']:5d} y={d['y']:5d} S_corr={d['value']:+8.2f} {'(injected transient)' if match else ''}")
-    _log(f"[sim] {found} of {len(tx)} injected transients recovered, {len(dets) - found} other detections")
+    found, tx = _report_detections("[sim]", "S_corr", dets, pair.truth, threshold)
     dpath, spath = _write_outputs(outdir, "sim", res)
     png = _panel(outdir / "sim_panel.png", pair.science.image.array, pair.template.image.array,
                  res.subtractedExposure.image.array, res.scoreCorrExposure.image.array, dets,
@@ -318,15 +326,7 @@ def demo_simulated_al(outdir, *, size, seed, threshold):
     out["z_std"] = float(z.std())
     _log(f"[sim-al] decorrelated difference / sqrt(variance) on star-free pixels: std {out['z_std']:.3f} (ideal 1)")
     dets = _detect(res.scoreExposure, threshold)
-    tx = np.asarray(pair.truth.transient_x)
-    ty = np.asarray(pair.truth.transient_y)
-    found = 0
-    _log(f"[sim-al] detections at |score| > {threshold}:")
-    for d_ in dets:
-        match = bool(len(tx)) and bool(np.hypot(tx - d_["x"], ty - d_["y"]).min() < 3)
-        found += match
-        _log(f"   x={d_['x']:5d} y={d_['y']:5d} score={d_['value']:+8.2f} {'(injected transient)' if match else ''}")
-    _log(f"[sim-al] {found} of {len(tx)} injected transients recovered, {len(dets) - found} other detections")
+    found, tx = _report_detections("[sim-al]", "score", dets, pair.truth, threshold)
     paths = _write_al_outputs(outdir, "sim_al", res)
     png = _panel(outdir / "sim_al_panel.png", pair.science.image.array, pair.template.image.array,
                  diff.image.array, res.scoreExposure.image.array, dets,
