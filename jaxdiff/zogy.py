@@ -13,11 +13,31 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int
 
-from ._fft import fast_fft_shape, fast_fft_size, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
+from ._fft import (
+    centered_dft_matrix,
+    crop_center_origin,
+    fast_fft_shape,
+    fast_fft_size,
+    half_spectrum_weights,
+    psf_to_otf,
+    stamp_idft_matrices,
+)
 
-__all__ = ["PAD_MODES", "ZogyResult", "default_fft_shape", "zogy"]
+__all__ = [
+    "KERNEL_MODES",
+    "KERNEL_TAIL_TOLERANCE",
+    "PAD_MODES",
+    "PSF_TRANSFORM_FLOOR",
+    "ZogyResult",
+    "ZogyWeights",
+    "default_fft_shape",
+    "kernel_box_shape",
+    "precise_otf",
+    "zogy",
+    "zogy_weights",
+]
 
 #: Accepted ``pad_mode`` values (passed to ``jnp.pad``; "constant" pads images with 0).
 PAD_MODES = ("reflect", "symmetric", "wrap", "constant")
@@ -50,8 +70,16 @@ class ZogyResult(NamedTuple):
     score_psf : (Kh, Kw) or None
         PSF of S, inverse DFT of |P̂_D|² (eq. 17), normalised to sum 1.
     n_degenerate : () int32
-        Number of frequencies of the full ``fft_shape`` DFT grid at which the eq. 12
-        denominator was below ``100 * finfo(dtype).tiny``.
+        Number of frequencies of the ``fft_shape`` half-plane DFT grid at which both PSF
+        transforms are below :data:`PSF_TRANSFORM_FLOOR` (D is set by the rule there, not by
+        the PSFs); estimated from the small kernel grid when box kernels are used.
+    kernel_tail : ()
+        Largest fraction of the energy (sum of squares) of the D / S kernels that lies outside
+        the kernel box (:func:`kernel_box_shape`), measured on the small kernel grid.
+    full_grid : () bool
+        True when the kernels were evaluated on the full FFT grid (``kernel_mode="full"``, a
+        small FFT grid, or ``kernel_tail`` above :data:`KERNEL_TAIL_TOLERANCE`), False when
+        the compact box kernels were used.
 
     The five score fields are ``None`` when ``calculate_score=False``.
     """
@@ -66,6 +94,8 @@ class ZogyResult(NamedTuple):
     score_corr: Float[Array, "H W"] | None
     score_psf: Float[Array, "Kh Kw"] | None
     n_degenerate: Int[Array, ""]
+    kernel_tail: Float[Array, ""]
+    full_grid: Bool[Array, ""]
 
 
 def default_fft_shape(
@@ -106,6 +136,7 @@ def zogy(
     fft_shape: tuple[int, int] | None = None,
     calculate_score: bool = True,
     pad_mode: str = "reflect",
+    kernel_mode: str = "auto",
 ) -> ZogyResult:
     r"""ZOGY proper image difference, score image and their variances.
 
@@ -260,6 +291,17 @@ def zogy(
     if pad_mode not in PAD_MODES:
         msg = f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}"
         raise ValueError(msg)
+    if kernel_mode not in KERNEL_MODES:
+        msg = f"kernel_mode must be one of {KERNEL_MODES}, got {kernel_mode!r}"
+        raise ValueError(msg)
+    box = kernel_box_shape(new_psf.shape, ref_psf.shape, fft_shape)
+    small = _small_grid(box, fft_shape)
+    concrete = not any(isinstance(a, jax.core.Tracer) for a in (new_psf, ref_psf, new_noise_var, ref_noise_var,
+                                                                  f_new, f_ref))  # fmt: skip
+    if kernel_mode == "auto" and small != fft_shape and concrete:
+        # decide here, on the host, so that the compiled program holds one kernel path only
+        tail = _kernel_tail(new_psf, ref_psf, new_noise_var, ref_noise_var, f_new, f_ref, box=box, small=small)
+        kernel_mode = "full" if float(tail) > KERNEL_TAIL_TOLERANCE else "box"
 
     sigmas = (*astrometric_sigma_new, *astrometric_sigma_ref)
     if len(sigmas) != 4:
@@ -270,16 +312,209 @@ def zogy(
     return _zogy_jit(
         new_image, ref_image, new_psf, ref_psf, new_variance, ref_variance, new_noise_var, ref_noise_var,
         f_new, f_ref, sigmas, fft_shape=fft_shape, calculate_score=bool(calculate_score), pad_mode=pad_mode,
+        kernel_mode=kernel_mode,
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("fft_shape", "calculate_score", "pad_mode"))
+#: Floor added to both normalised PSF transfer functions (their zero-frequency value is 1) before
+#: the ZOGY ratios are formed.  Where both transforms are below it, the PSFs do not determine D
+#: (see :func:`zogy`, "Undetermined frequencies").  It lies far above the rounding level of the
+#: transforms, which are computed to float64 accuracy in both precisions, so float32 and float64
+#: follow the same rule at the same frequencies.
+PSF_TRANSFORM_FLOOR = 1e-12
+
+#: Largest fraction of a D or S kernel's energy (sum of squares) allowed outside the kernel box
+#: before :func:`zogy` falls back from box kernels to full-grid kernels (``kernel_mode="auto"``).
+KERNEL_TAIL_TOLERANCE = 1e-6
+
+KERNEL_MODES = ("auto", "box", "full")
+
+
+def _host_otf(psf, *, grid):
+    """float64 numpy half-plane transfer function(s) of centred stamp(s) normalised to sum 1, as complex64."""
+    psf = np.asarray(psf, np.float64)
+    (fh, fw), (kh, kw) = grid, psf.shape[-2:]
+    ey = centered_dft_matrix(fh, kh)
+    ex = centered_dft_matrix(fw, kw)[: fw // 2 + 1].T
+    total = np.sum(psf, axis=(-2, -1), keepdims=True)
+    return np.asarray(ey @ (psf @ ex) / total, np.complex64)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def precise_otf(psf: Float[Array, "Kh Kw"], grid: tuple[int, int]) -> Array:
+    """Half-plane transfer function of a centred PSF stamp normalised to sum 1, to float64 accuracy.
+
+    Equals ``psf_to_otf(psf, grid) / sum(psf)`` (:func:`~jaxdiff._fft.psf_to_otf`)
+    mathematically, and is that in float64.  In float32 the values come from a float64
+    computation on the host (``jax.pure_callback``: stamp-sized input, one matrix DFT, the
+    normalisation included) and are stored as complex64, so each value carries float32
+    *relative* precision even where the transform is 1e-10 of its peak; a float32 DFT only
+    reaches about 1e-7 of the peak in *absolute* terms, and normalising the stamp in float32
+    first would already perturb it at that level.  The ratios of two PSF transforms in ZOGY
+    need the former (Zackay et al. 2016, eq. 13).
+
+    Parameters
+    ----------
+    psf : jax.Array, shape (Kh, Kw)
+        Centred stamp (float32 or float64), any normalisation (sum != 0).
+    grid : (int, int)
+        FFT grid (static).
+
+    Returns
+    -------
+    jax.Array, shape (grid[0], grid[1] // 2 + 1), complex
+        complex64 for float32 input, complex128 for float64; 1 at zero frequency.
+
+    Notes
+    -----
+    Differentiable (forward and reverse): the tangent ``(P̂(dp) − P̂ Σdp) / Σp`` is evaluated
+    in the working precision.  Works under ``jit`` and ``vmap`` (the callback receives the
+    whole batch).
+    """
+    if psf.dtype == jnp.float64:
+        return psf_to_otf(psf, grid) / jnp.sum(psf)
+    out = jax.ShapeDtypeStruct((*psf.shape[:-2], grid[0], grid[1] // 2 + 1), jnp.complex64)
+    return jax.pure_callback(functools.partial(_host_otf, grid=grid), out, psf, vmap_method="expand_dims")
+
+
+@precise_otf.defjvp
+def _precise_otf_jvp(grid, primals, tangents):
+    (psf,), (dpsf,) = primals, tangents
+    otf = precise_otf(psf, grid)
+    total = jnp.sum(psf)
+    return otf, (psf_to_otf(dpsf, grid) - otf * jnp.sum(dpsf)) / total
+
+
+class ZogyWeights(NamedTuple):
+    """Dimensionless ZOGY Fourier weights on one grid (see :func:`zogy_weights`)."""
+
+    w_new: Complex[Array, "H Wr"]
+    w_ref: Complex[Array, "H Wr"]
+    psf_d: Complex[Array, "H Wr"]
+    undetermined: Bool[Array, "H Wr"]
+
+
+def zogy_weights(
+    new_otf: Complex[Array, "H Wr"], ref_otf: Complex[Array, "H Wr"], alpha_new: Float[ArrayLike, ""],
+    alpha_ref: Float[ArrayLike, ""],
+) -> ZogyWeights:
+    r"""The stable form of the ZOGY ratios of PSF transforms (Zackay et al. 2016, eqs. 13–14).
+
+    With ``P̃ = P̂ + τ`` (τ = :data:`PSF_TRANSFORM_FLOOR`) for both normalised transfer
+    functions, ``m = max(|Re|, |Im|)`` over both, and ``α_n = σ_n² F_r² / (σ_n² F_r² + σ_r² F_n²)``,
+    ``α_r = 1 − α_n``::
+
+        den  = sqrt(α_n |P̃_r/m|² + α_r |P̃_n/m|²)
+        w_n  = (P̃_r / m) / den,   w_r = (P̃_n / m) / den        (D̂ = w_n N̂/F_n − w_r R̂/F_r)
+        P̂_D = (P̂_n / m) P̂_r / den                               (eq. 14, normalised: P̂_D(0) = 1)
+
+    Dividing by ``m`` first keeps every square and product within range in float32 (no
+    underflow where both transforms are 1e-20), and ``α_n |w_n|² + α_r |w_r|² = 1`` holds at
+    every frequency: D is white with unit variance per unit of F_D-scaled noise.
+
+    Parameters
+    ----------
+    new_otf, ref_otf : complex arrays
+        Transfer functions of the normalised PSFs on one grid (from :func:`precise_otf`).
+    alpha_new, alpha_ref : float
+        The noise weights above, each in [0, 1], summing to 1.
+
+    Returns
+    -------
+    ZogyWeights
+        ``w_new``, ``w_ref``, ``psf_d`` and ``undetermined`` (both ``max(|Re|, |Im|)`` < τ).
+
+    Notes
+    -----
+    Where both transforms are below τ, ``w_n → 1``, ``w_r → 1`` (times the noise weights):
+    D is the plain flux-scaled difference there, the rule ip_diffim applies where the
+    denominator vanishes, reached continuously.  Double ``where`` at ``m = 0`` and ``den = 0``
+    keeps values and gradients finite.
+    """
+    tau = PSF_TRANSFORM_FLOOR
+
+    def mag(z):
+        return jnp.maximum(jnp.abs(z.real), jnp.abs(z.imag))
+
+    def abs2(z):
+        return z.real**2 + z.imag**2
+
+    undetermined = jnp.maximum(mag(new_otf), mag(ref_otf)) < tau
+    qn, qr = new_otf + tau, ref_otf + tau
+    m = jnp.maximum(mag(qn), mag(qr))
+    ok = m > 0
+    inv_m = jnp.where(ok, 1 / jnp.where(ok, m, 1), 0)
+    un, ur = qn * inv_m, qr * inv_m
+    den2 = alpha_new * abs2(ur) + alpha_ref * abs2(un)
+    okd = den2 > 0
+    inv_den = jnp.where(okd, jax.lax.rsqrt(jnp.where(okd, den2, 1)), 0)
+    return ZogyWeights(ur * inv_den, un * inv_den, (new_otf * inv_m) * ref_otf * inv_den, undetermined)
+
+
+def _stamps_to_half_spectra(stamps, grid):
+    """``rfft2(pad_center_origin(k, grid))`` for a stack of centred stamps, by two matrix products."""
+    (fh, fw), (kh, kw) = grid, stamps.shape[-2:]
+    cdtype = jnp.complex64 if stamps.dtype == jnp.float32 else jnp.complex128
+    ey = jnp.asarray(centered_dft_matrix(fh, kh), cdtype)
+    ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
+    mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+    return mm(ey, mm(stamps.astype(cdtype), ex))
+
+
+def kernel_box_shape(new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int],
+                     fft_shape: Sequence[int]) -> tuple[int, int]:
+    """Box of the real-space D and S kernels in :func:`zogy`: ``2 K − 1`` per axis (K the larger
+    stamp size), odd, at most the FFT grid."""
+    out = []
+    for a, b, f in zip(new_psf_shape, ref_psf_shape, fft_shape):
+        n = min(2 * max(a, b) - 1, f)
+        out.append(n if n % 2 else n - 1)
+    return tuple(out)
+
+
+def _small_grid(box, fft_shape):
+    """Grid on which the box kernels are computed (4x the box, rounded; never above ``fft_shape``)."""
+    return tuple(min(fast_fft_size(4 * b), f) for b, f in zip(box, fft_shape))
+
+
+def _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref):
+    a1 = new_noise_var * f_ref**2  # multiplies |P_r|^2 in S_den
+    a2 = ref_noise_var * f_new**2
+    total = a1 + a2
+    ok = total > 0
+    inv = jnp.where(ok, 1 / jnp.where(ok, total, 1), 0)
+    return a1 * inv, a2 * inv, total
+
+
+def _small_grid_kernels(pn_norm, pr_norm, alpha_new, alpha_ref, *, box, small):
+    """Real-space box kernels (w_new, w_ref, P_D, g_new, g_ref), their tails, stamps data."""
+    weights = zogy_weights(precise_otf(pn_norm, small), precise_otf(pr_norm, small), alpha_new, alpha_ref)
+    conj_pd = jnp.conj(weights.psf_d)
+    spectra = jnp.stack([weights.w_new, weights.w_ref, weights.psf_d, conj_pd * weights.w_new,
+                         conj_pd * weights.w_ref])  # fmt: skip
+    real = jnp.fft.irfft2(spectra, s=small)
+    boxes = jax.vmap(lambda k: crop_center_origin(k, box))(real)
+    outside_mask = np.ones(small, bool)  # static: True outside the origin-centred box
+    outside_mask[np.ix_(*((np.arange(b) - b // 2) % n for b, n in zip(box, small)))] = False
+    total = jnp.sum(real**2, axis=(1, 2))
+    outside = jnp.sum(jnp.where(outside_mask, real**2, 0), axis=(1, 2))  # no 1 - inside/total cancellation
+    ok = total > 0
+    tails = jnp.where(ok, outside / jnp.where(ok, total, 1), 0)
+    return boxes, jnp.max(tails), weights
+
+
+@functools.partial(jax.jit, static_argnames=("box", "small"))
+def _kernel_tail(new_psf, ref_psf, new_noise_var, ref_noise_var, f_new, f_ref, *, box, small):
+    alpha_new, alpha_ref, _ = _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref)
+    return _small_grid_kernels(new_psf, ref_psf, alpha_new, alpha_ref, box=box, small=small)[1]
+
+
+@functools.partial(jax.jit, static_argnames=("fft_shape", "calculate_score", "pad_mode", "kernel_mode"))
 def _zogy_jit(
     new_image, ref_image, new_psf, ref_psf, new_variance, ref_variance, new_noise_var, ref_noise_var,
-    f_new, f_ref, sigmas, *, fft_shape, calculate_score, pad_mode,
+    f_new, f_ref, sigmas, *, fft_shape, calculate_score, pad_mode, kernel_mode,
 ):  # fmt: skip
     dtype = new_image.dtype
-    cdtype = jnp.complex64 if dtype == jnp.float32 else jnp.complex128
     tiny = 100 * float(jnp.finfo(dtype).tiny)
     (h, w), (fh, fw) = new_image.shape, fft_shape
     y0, x0 = (fh - h) // 2, (fw - w) // 2
@@ -300,99 +535,106 @@ def _zogy_jit(
     def inv(a):
         return jnp.fft.irfft2(a, s=fft_shape)
 
-    def cx(a):
-        return a.astype(cdtype)
-
-    weights = half_spectrum_weights(fw)[None, :]
+    weights = jnp.asarray(half_spectrum_weights(fw)[None, :], dtype)
 
     def full_sum(half):
         """Sum of a real function of frequency over the full DFT grid, given the half plane."""
-        per_row = jnp.sum(jnp.asarray(weights, half.dtype) * half, axis=1, dtype=half.dtype)
-        return jnp.sum(per_row, dtype=half.dtype)  # two stages: accurate float32 sums
+        per_row = jnp.sum(weights * half, axis=-1, dtype=half.dtype)
+        return jnp.sum(per_row, axis=-1, dtype=half.dtype)  # two stages: accurate float32 sums
 
-    n_hat = jnp.fft.rfft2(pad(new_image, 0))
-    r_hat = jnp.fft.rfft2(pad(ref_image, 0))
-    pn_norm, pr_norm = new_psf / jnp.sum(new_psf), ref_psf / jnp.sum(ref_psf)
+    pn_norm, pr_norm = new_psf, ref_psf  # precise_otf normalises (in float64 for float32 stamps)
+    alpha_new, alpha_ref, a_total = _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref)
+    f_d = f_new * f_ref * jax.lax.rsqrt(a_total)  # eq. 15
+    scalar_var = new_variance.ndim == 0 and ref_variance.ndim == 0
 
-    a1 = new_noise_var * f_ref**2
-    a2 = ref_noise_var * f_new**2
-    fd_denom = jnp.sqrt(a1 + a2)
-    f_d = f_new * f_ref / fd_denom
+    box = kernel_box_shape(new_psf.shape, ref_psf.shape, fft_shape)
+    small = _small_grid(box, fft_shape)
+    boxes, kernel_tail, small_w = _small_grid_kernels(pn_norm, pr_norm, alpha_new, alpha_ref, box=box,
+                                                      small=small)  # fmt: skip
+    n_small = small[0] * (small[1] // 2 + 1)
 
-    def spectra(grid):
-        """Fourier-space ZOGY quantities (half spectra) on an FFT grid ``grid``."""
-        pn = psf_to_otf(pn_norm, grid)
-        pr = psf_to_otf(pr_norm, grid)
-        pn2 = pn.real**2 + pn.imag**2
-        pr2 = pr.real**2 + pr.imag**2
-        s_den = a1 * pr2 + a2 * pn2
-        degenerate = s_den < tiny
-        # double where: the unused branch sees 1, so values and fwd/rev gradients stay finite
-        inv_den = jnp.where(degenerate, 0, jax.lax.rsqrt(jnp.where(degenerate, 1, s_den)))  # 1/sqrt(S_den)
-        inv_s = inv_den**2
-        deg_c = jnp.where(degenerate, 1 / fd_denom, 0)  # eq. 13 kernels at degenerate frequencies
-        q = dict(pn2=pn2, pr2=pr2, inv_s=inv_s, deg_c=deg_c, degenerate=degenerate)
-        # D kernels (eq. 13): c1 = f_ref (P_r inv_den + deg_c), c2 = f_new (P_n inv_den + deg_c)
-        q["c1"] = cx(f_ref * inv_den) * pr + cx(f_ref * deg_c)
-        q["c2"] = cx(f_new * inv_den) * pn + cx(f_new * deg_c)
-        q["pd_hat"] = cx(fd_denom * inv_den) * pn * pr  # eq. 14
-        # score kernels (eq. 12): k1 = F_n F_r² P_n* |P_r|² / S_den, k2 = F_r F_n² P_r* |P_n|² / S_den
-        q["g1"] = f_new * f_ref**2 * pr2 * inv_s
-        q["g2"] = f_ref * f_new**2 * pn2 * inv_s
-        q["k1"] = cx(q["g1"]) * jnp.conj(pn)
-        q["k2"] = cx(q["g2"]) * jnp.conj(pr)
-        q["ps_hat"] = cx(fd_denom**2 * pn2 * pr2 * inv_s)  # eq. 17
-        return q
+    def box_branch(_):
+        """Full-size spectra from the compact box kernels (no full-size FFT)."""
+        sq = jnp.stack([boxes[0], boxes[1], boxes[3], boxes[4]]) ** 2
+        stack = boxes[:3] if scalar_var else jnp.concatenate([boxes[:3], sq])
+        spectra = _stamps_to_half_spectra(stack, fft_shape)
+        sums = jnp.sum(sq, axis=(1, 2))  # sum_x k(x)^2 of the kernels as applied
+        sq_hat = None if scalar_var else spectra[3:]
+        undetermined = jnp.sum(small_w.undetermined) * (fh * (fw // 2 + 1)) / n_small
+        return spectra[0], spectra[1], spectra[2], sq_hat, sums, undetermined.astype(jnp.int32)
 
-    full = spectra(fft_shape)
-    n_degenerate = full_sum(full["degenerate"].astype(jnp.int32))
-    difference = crop(inv(full["c1"] * n_hat - full["c2"] * r_hat)) / f_d
+    def full_branch(_):
+        """Kernels on the full FFT grid (for PSF pairs whose kernels are not compact)."""
+        if small == fft_shape:
+            wf = small_w
+        else:
+            wf = zogy_weights(precise_otf(pn_norm, fft_shape), precise_otf(pr_norm, fft_shape), alpha_new,
+                              alpha_ref)  # fmt: skip
+        conj_pd = jnp.conj(wf.psf_d)
+        kern = jnp.stack([wf.w_new, wf.w_ref, conj_pd * wf.w_new, conj_pd * wf.w_ref])
+        sums = full_sum(kern.real**2 + kern.imag**2) / (fh * fw)  # Parseval
+        sq_hat = None if scalar_var else jnp.fft.rfft2(inv(kern) ** 2)
+        undetermined = full_sum(wf.undetermined.astype(jnp.int32))
+        return wf.w_new, wf.w_ref, wf.psf_d, sq_hat, sums, undetermined
 
-    # P_D and P_S stamps from the spectra on a small grid (>= 64 stamp sizes; the full grid when
-    # that is not smaller) instead of matrix products over the full-size half spectra.  Their
-    # real-space kernels decay within a few stamp sizes; the full-grid stamps themselves depend
-    # on the grid size at the level of the aliased tails (up to ~1e-8 relative in float64 for
-    # broad, truncated stamps), and the 64x grid stays within that level.
-    kmax = [max(a, b) for a, b in zip(new_psf.shape, ref_psf.shape)]
-    small_shape = tuple(min(fast_fft_size(64 * k), f) for k, f in zip(kmax, fft_shape))
-    small = full if small_shape == fft_shape else spectra(small_shape)
-    stamp_mats = [jnp.asarray(m, cdtype) for m in stamp_idft_matrices(small_shape, new_psf.shape)]
+    if kernel_mode == "box" and small != fft_shape:
+        branch = box_branch(None)
+    elif kernel_mode == "full" or small == fft_shape:
+        branch = full_branch(None)
+    else:
+        branch = jax.lax.cond(kernel_tail > KERNEL_TAIL_TOLERANCE, full_branch, box_branch, None)
+    w_new, w_ref, psf_d_hat, sq_hat, sums, n_degenerate = branch
+    if kernel_mode == "auto" and small != fft_shape:
+        full_grid = kernel_tail > KERNEL_TAIL_TOLERANCE
+    else:
+        full_grid = jnp.asarray(small == fft_shape or kernel_mode == "full")
 
-    def stamps(*spectra_):  # normalised PSF stamps from half spectra, without full-size inverse FFTs
+    n_hat = jnp.fft.rfft2(pad(new_image, 0)) / f_new
+    r_hat = jnp.fft.rfft2(pad(ref_image, 0)) / f_ref
+    d_hat = w_new * n_hat - w_ref * r_hat  # eq. 13 over eq. 15
+    difference = crop(inv(d_hat))
+
+    if not scalar_var:
+        v1_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(new_variance, (h, w)), new_noise_var)) / f_new**2
+        v2_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(ref_variance, (h, w)), ref_noise_var)) / f_ref**2
+
+    def propagate(i):
+        """k_i^2 ⊛ V_new / F_n^2 + k_j^2 ⊛ V_ref / F_r^2 for the kernel pair (i, j = i + 1)."""
+        if scalar_var:
+            var = sums[i] * new_variance / f_new**2 + sums[i + 1] * ref_variance / f_ref**2
+            return jnp.full((h, w), var, dtype)
+        return crop(inv(sq_hat[i] * v1_hat + sq_hat[i + 1] * v2_hat))
+
+    difference_variance = propagate(0)
+    # P_D and P_S stamps from their spectra on a grid of about 64 stamp sizes (the full grid when
+    # that is not smaller): P_D need not be compact for truncated stamps, and this grid keeps the
+    # aliased tails at the level of the full-grid result without full-size inverse FFTs.
+    stamp_grid = tuple(min(fast_fft_size(64 * max(a, b)), f)
+                       for a, b, f in zip(new_psf.shape, ref_psf.shape, fft_shape))  # fmt: skip
+    if stamp_grid == small:
+        pd_small = small_w.psf_d
+    else:
+        pd_small = zogy_weights(precise_otf(pn_norm, stamp_grid), precise_otf(pr_norm, stamp_grid), alpha_new,
+                                alpha_ref).psf_d  # fmt: skip
+    mats = [jnp.asarray(m, pd_small.dtype) for m in stamp_idft_matrices(stamp_grid, new_psf.shape)]
+
+    def stamps(*spectra_):  # normalised stamps from half spectra on the small grid
         mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-        out = [mm(stamp_mats[0], mm(spec, stamp_mats[1])).real for spec in spectra_]
+        out = [mm(mats[0], mm(spec, mats[1])).real for spec in spectra_]
         return [o / jnp.sum(o) for o in out]
 
-    scalar_var = new_variance.ndim == 0 and ref_variance.ndim == 0
-    if not scalar_var:
-        v1_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(new_variance, (h, w)), new_noise_var))
-        v2_hat = jnp.fft.rfft2(pad(jnp.broadcast_to(ref_variance, (h, w)), ref_noise_var))
-
-    def propagate(k1, k2, k1_sq, k2_sq):
-        """k1² ⊛ V_new + k2² ⊛ V_ref for kernels named k1, k2 (|k̂|² given too)."""
-        if scalar_var:  # Parseval: sum_x k(x)^2 = sum_f |k̂(f)|^2 / (H W)
-            var = full_sum(new_variance * k1_sq + ref_variance * k2_sq) / (fh * fw)
-            return jnp.full((h, w), var, dtype)
-        # full grid: where both OTFs are at rounding level the D kernels need not decay
-        k1_sq_hat = jnp.fft.rfft2(inv(full[k1]) ** 2)
-        k2_sq_hat = jnp.fft.rfft2(inv(full[k2]) ** 2)
-        return crop(inv(k1_sq_hat * v1_hat + k2_sq_hat * v2_hat))
-
-    inv_s, deg_c, pn2, pr2 = full["inv_s"], full["deg_c"], full["pn2"], full["pr2"]
-    c1_sq = f_ref**2 * (inv_s * pr2 + deg_c**2)
-    c2_sq = f_new**2 * (inv_s * pn2 + deg_c**2)
-    difference_variance = propagate("c1", "c2", c1_sq, c2_sq) / f_d**2
+    extra = (kernel_tail, full_grid)
     if not calculate_score:
-        (difference_psf,) = stamps(small["pd_hat"])
+        (difference_psf,) = stamps(pd_small)
         return ZogyResult(difference, difference_variance, difference_psf, f_d, None, None, None, None, None,
-                          n_degenerate)  # fmt: skip
+                          n_degenerate, *extra)  # fmt: skip
 
-    k1, k2, g1, g2 = full["k1"], full["k2"], full["g1"], full["g2"]
+    s_kernel = f_d**2 * jnp.conj(psf_d_hat)  # eq. 17: S = F_D^2 D ⊛ reversed P_D (D scaled to F_D = 1)
     if sigmas is None:
-        score = crop(inv(k1 * n_hat - k2 * r_hat))
+        score = crop(inv(s_kernel * d_hat))
         astrometric_variance = jnp.zeros((h, w), dtype)
     else:
-        s_new, s_ref = inv(k1 * n_hat), inv(k2 * r_hat)
+        s_new, s_ref = inv(s_kernel * w_new * n_hat), inv(s_kernel * w_ref * r_hat)
         score = crop(s_new - s_ref)
 
         def grad2(a, axis):  # squared central difference on the periodic FFT grid
@@ -402,10 +644,11 @@ def _zogy_jit(
         new_term = sxn**2 * grad2(s_new, 1) + syn**2 * grad2(s_new, 0)  # x = columns (axis 1), y = rows
         ref_term = sxr**2 * grad2(s_ref, 1) + syr**2 * grad2(s_ref, 0)
         astrometric_variance = crop(new_term + ref_term)  # eqs. 30-33
-    score_variance = propagate("k1", "k2", g1**2 * pn2, g2**2 * pr2)
-    difference_psf, score_psf = stamps(small["pd_hat"], small["ps_hat"])  # eqs. 14, 17
+    score_variance = f_d**4 * propagate(2)
+    ps_small = jnp.abs(pd_small) ** 2
+    difference_psf, score_psf = stamps(pd_small, ps_small.astype(pd_small.dtype))  # eqs. 14, 17
     total = score_variance + astrometric_variance
     ok = total > tiny
     score_corr = jnp.where(ok, score / jnp.sqrt(jnp.where(ok, total, 1)), 0)
     return ZogyResult(difference, difference_variance, difference_psf, f_d, score, score_variance,
-                      astrometric_variance, score_corr, score_psf, n_degenerate)  # fmt: skip
+                      astrometric_variance, score_corr, score_psf, n_degenerate, *extra)  # fmt: skip

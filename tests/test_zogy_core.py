@@ -27,7 +27,7 @@ from jaxdiff._psf_images import gaussian_psf_image
 from jaxdiff.zogy import ZogyResult, default_fft_shape, zogy
 from tests.reference.zogy_numpy import zogy_reference
 
-FIELDS = [f for f in ZogyResult._fields if f != "n_degenerate"]
+FIELDS = [f for f in ZogyResult._fields if f not in ("n_degenerate", "kernel_tail", "full_grid")]
 
 
 def gauss(sigma, size):
@@ -45,7 +45,7 @@ def origin_padded(a, shape):
 
 
 def rel_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = np.abs(b).max()
     return np.abs(a - b).max() / (scale if scale > 0 else 1.0)
 
@@ -174,7 +174,8 @@ def test_identical_psfs_give_scaled_plain_difference(identical_psf_case, rtol):
     ref_res = zogy_reference(new, ref, psf, psf, vn, vr, fft_shape=fs, **kw)  # the oracle checks it too
     for field, value in expected.items():
         assert rel_err(getattr(res, field), value) < rtol, field
-        assert rel_err(ref_res[field], value) < 1e-12, field
+        # the oracle to 1e-10: the PSF floor (1e-12, the documented rule) shifts P_D by <= tau / |P|
+        assert rel_err(ref_res[field], value) < 1e-10, field
 
 
 def test_identical_inputs_give_zero(rtol):
@@ -431,11 +432,12 @@ def test_result_is_pytree_and_dtype():
     img = rng.normal(size=(20, 24))
     res = zogy(img, img, gauss(1.0, 5), gauss(1.0, 5), 1.0, 1.0, new_noise_var=1.0, ref_noise_var=1.0)
     assert len(jax.tree_util.tree_leaves(res)) == len(ZogyResult._fields)
-    assert {x.dtype for x in jax.tree_util.tree_leaves(res)} == {jnp.zeros(1).dtype, jnp.dtype(jnp.int32)}
+    assert {x.dtype for x in jax.tree_util.tree_leaves(res)} == {jnp.zeros(1).dtype, jnp.dtype(jnp.int32),
+                                                                  jnp.dtype(bool)}
     res32 = zogy(img.astype(np.float32), img, gauss(1.0, 5), gauss(1.0, 5), 1.0, 1.0, new_noise_var=1.0,
                  ref_noise_var=1.0, calculate_score=False)  # fmt: skip
     assert res32.difference.dtype == jnp.float32 and res32.difference_psf.dtype == jnp.float32
-    assert len(jax.tree_util.tree_leaves(res32)) == 5
+    assert len(jax.tree_util.tree_leaves(res32)) == 7  # the five score fields are None
 
 
 @pytest.mark.parametrize(

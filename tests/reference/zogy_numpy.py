@@ -10,6 +10,12 @@ normalised to sum 1 and their centre pixel ``k // 2`` is placed at index 0 (wrap
 import numpy as np
 
 TINY = 100 * np.finfo(np.float64).tiny
+#: The floor added to both normalised PSF transforms (jaxdiff.zogy.PSF_TRANSFORM_FLOOR, restated).
+PSF_FLOOR = 1e-12
+
+
+def _mag(z):
+    return np.maximum(np.abs(z.real), np.abs(z.imag))
 
 
 def _origin_indices(k, n):
@@ -57,18 +63,23 @@ def zogy_reference(new, ref, new_psf, ref_psf, new_var, ref_var, *, new_noise_va
     a1, a2 = new_noise_var * f_ref**2, ref_noise_var * f_new**2
     fd_denom = np.sqrt(a1 + a2)
     F_D = f_new * f_ref / fd_denom
-    s_den = a1 * np.abs(Pr) ** 2 + a2 * np.abs(Pn) ** 2  # eq. 12-13 denominator
+    # documented rule (jaxdiff.zogy, "Undetermined frequencies"): both transforms get the floor
+    # TAU added before the ratios; where both are below it D is the plain scaled difference
+    Qn, Qr = Pn + PSF_FLOOR, Pr + PSF_FLOOR
+    s_den = a1 * np.abs(Qr) ** 2 + a2 * np.abs(Qn) ** 2  # eq. 12-13 denominator
     zero = s_den < TINY
     s_den = np.where(zero, 1.0, s_den)
+    undetermined = np.maximum(_mag(Pn), _mag(Pr)) < PSF_FLOOR
 
-    c1 = np.where(zero, f_ref / fd_denom, f_ref * Pr / np.sqrt(s_den))  # eq. 13
-    c2 = np.where(zero, f_new / fd_denom, f_new * Pn / np.sqrt(s_den))
+    c1 = np.where(zero, f_ref / fd_denom, f_ref * Qr / np.sqrt(s_den))  # eq. 13
+    c2 = np.where(zero, f_new / fd_denom, f_new * Qn / np.sqrt(s_den))
     D = crop(ifft(c1 * N - c2 * R)) / F_D
     var_D = crop(ifft(sq(c1) * V1 + sq(c2) * V2)) / F_D**2
     Pd_hat = np.where(zero, 0.0, fd_denom * Pn * Pr / np.sqrt(s_den))  # eq. 14
 
-    k1 = np.where(zero, 0.0, f_new * f_ref**2 * np.conj(Pn) * np.abs(Pr) ** 2 / s_den)  # eq. 12
-    k2 = np.where(zero, 0.0, f_ref * f_new**2 * np.conj(Pr) * np.abs(Pn) ** 2 / s_den)
+    # eq. 12 (S = F_D D ⊛ reversed P_D, eq. 17), with the floor in the D factor
+    k1 = np.where(zero, 0.0, f_new * f_ref**2 * np.conj(Pn) * np.conj(Pr) * Qr / s_den)
+    k2 = np.where(zero, 0.0, f_ref * f_new**2 * np.conj(Pr) * np.conj(Pn) * Qn / s_den)
     S_N, S_R = ifft(k1 * N), ifft(k2 * R)
     S = crop(S_N - S_R)
     var_S = crop(ifft(sq(k1) * V1 + sq(k2) * V2))
@@ -93,5 +104,5 @@ def zogy_reference(new, ref, new_psf, ref_psf, new_var, ref_var, *, new_noise_va
         "astrometric_variance": V_ast,
         "score_corr": S_corr,
         "score_psf": stamp(np.abs(Pd_hat) ** 2),  # eq. 17
-        "n_degenerate": int(zero.sum()),
+        "n_degenerate": int(undetermined.sum()),
     }
