@@ -181,6 +181,9 @@ def zogy(
         :func:`~jaxdiff._fft.fast_fft_shape`.
     calculate_score : bool, keyword-only
         Compute the score fields (default True); else they are ``None``.
+    kernel_mode : {"auto", "box", "full"}, keyword-only
+        "auto" (default): compact box kernels when their tails allow (see Notes), else the
+        full grid; "box" / "full" force one path (static).
     pad_mode : {"reflect", "symmetric", "wrap", "constant"}, keyword-only
         How images are extended to ``fft_shape`` (``jnp.pad`` modes; the image sits at
         offset ``(fft - n) // 2``).  Variance maps are extended with the same mode, except
@@ -203,29 +206,39 @@ def zogy(
 
     Notes
     -----
-    Frequencies where S_den < ``100 * finfo(dtype).tiny`` are degenerate: there ĉ1 =
-    F_r / F_Ddenom, ĉ2 = F_n / F_Ddenom (as ip_diffim), and P̂_D, k̂1, k̂2 are 0.  The
-    division uses the double-``where`` pattern, so values and gradients stay finite.
+    **Stable form (float32 = float64).**  The PSF transforms are computed to float64 accuracy in
+    both precisions (:func:`precise_otf`; in float32 on the host from the stamp), and every ratio
+    is formed after dividing by ``m = max(|P̂_n|, |P̂_r|)`` (:func:`zogy_weights`): D̂ =
+    w_n N̂/F_n − w_r R̂/F_r, P̂_D, Ŝ = F_D² P̂_D* D̂ and the variance kernels are products of
+    O(1) numbers, so nothing underflows where both transforms are 1e-20, and float32 D
+    agrees with a float64 computation of the same formulas (correlation > 0.9999 for Gaussian
+    PSFs of σ 1–3.5 px and Moffat PSFs of β 2.5–4.5, ``tests/test_zogy_precision.py``).
 
-    Cost, in full-size real FFTs of ``fft_shape``: 2 forward (images) + 2 inverse (D, S)
-    with scalar variances; per-pixel variance maps add 2 forward (maps), 4 × (inverse +
-    forward) to square the four kernels, and 2 inverse (V_D, V_S): 16 in total.  A non-zero
-    astrometric term adds 1 inverse (S_N and S_R separately); ``calculate_score=False``
-    needs 3 (scalar) or 10 (per-pixel).  The PSF transfer functions are computed with
-    skinny matrix products (separable DFTs restricted to the stamp), not full-size FFTs;
-    the P_D / P_S stamps come from their spectra on a small grid of about 64 stamp sizes
-    (or ``fft_shape`` when that is smaller), so they do not depend on the image size.
-    On XLA:CPU an ``irfft2`` costs about 1.8 ``rfft2``, and these FFTs alone set the speed:
-    at 4096² float32 on a 2-core CPU the 16 (4) transforms with nothing between them take
-    23–33× (7.5–10×) one image-size ``rfft2``, and this function about 1.1–1.5× (1.6–2×)
-    that (``benchmarks/README.md``, "The FFT floor of the algorithm").  In a command-line or
-    batch process, :func:`jaxdiff.cli.tune_host_malloc` roughly halves the time at that size.
+    **Undetermined frequencies (documented limit).**  Where both normalised transforms are
+    below τ = :data:`PSF_TRANSFORM_FLOOR` (1e-12 of their zero-frequency value) the PSFs do not
+    determine D: a float64 transform carries rounding errors of ~1e-17 there, and a PSF model
+    is never known to that level.  The rule: τ is added to both transforms before the ratios,
+    so the weights pass continuously to w_n = w_r = 1 (per noise weight), i.e. D̂ = N̂/F_n −
+    R̂/F_r there — ip_diffim's choice where its denominator vanishes — and D stays white with
+    unit variance; S, V_S, S_corr and the PSFs carry |P̂|² factors and are unaffected.  Only
+    well-contained broad stamps reach τ (e.g. a Gaussian of σ ≳ 2 px sampled to < 1e-13 at the
+    stamp edge); truncated or float32-rounded stamps ring above it.  ``n_degenerate`` counts
+    these frequencies.  The exact-zero case (e.g. a 2-pixel box PSF at Nyquist) is the same
+    rule.  Double ``where`` keeps values and gradients finite.
 
-    Conditioning: where *both* PSF transfer functions fall to rounding level (|P̂| ≲ 1e-7 in
-    float32, ≲ 1e-16 in float64; for Gaussians σ ≳ 1.5 px resp. ≳ 3 px), ĉ1 and ĉ2 are
-    ratios of rounding errors.  D and V_D then differ between implementations and
-    precisions at those frequencies, although the noise normalisation of D (eq. 13) holds
-    exactly; S, V_S, S_corr and the PSFs carry |P̂|² factors and are unaffected.
+    **Kernels and cost.**  The D and S kernels (w_n, w_r, P_D and w·P_D*) are evaluated on a
+    small grid (4× the kernel box :func:`kernel_box_shape`, 2K − 1 per axis) and cropped to the
+    box; when their energy outside the box is below :data:`KERNEL_TAIL_TOLERANCE`
+    (``kernel_mode="auto"``), the box kernels and their squares reach the full grid by matrix
+    DFTs, and the only full-size FFTs are 2 forward (images) + 2 inverse (D, S) with scalar
+    variances, plus 2 forward (variance maps) + 2 inverse (V_D, V_S) with per-pixel maps: 4 or
+    8 (a non-zero astrometric term adds 1 inverse).  Kernels that are not compact (truncated
+    stamps whose transforms ring, e.g. Gaussians of σ ≳ 2 px on 25-pixel stamps) use the full
+    grid instead: full-grid transforms, and 4 × (inverse + forward) FFTs to square the
+    kernels: 16 with per-pixel maps.  With concrete PSFs the choice is made before compiling
+    (one path in the program); under an outer ``jit`` it is a ``lax.cond`` (under ``vmap``
+    both paths run).  ``kernel_tail`` and ``full_grid`` in the result report it.  The P_D / P_S
+    stamps come from a grid of about 64 stamp sizes.  Timings are in ``benchmarks/README.md``.
 
     **JAX.** The heavy lifting is one ``jax.jit``-compiled function.  Static (a change
     recompiles): the shapes of all inputs, ``fft_shape``, ``calculate_score``,
@@ -331,13 +344,19 @@ KERNEL_MODES = ("auto", "box", "full")
 
 
 def _host_otf(psf, *, grid):
-    """float64 numpy half-plane transfer function(s) of centred stamp(s) normalised to sum 1, as complex64."""
+    """float64 numpy half-plane transfer function(s) of centred stamp(s) normalised to sum 1, as complex64.
+
+    Row transforms of the stamp rows, then column transforms (numpy's FFT: no BLAS threads,
+    which contend with XLA's inside a callback).
+    """
     psf = np.asarray(psf, np.float64)
     (fh, fw), (kh, kw) = grid, psf.shape[-2:]
-    ey = centered_dft_matrix(fh, kh)
-    ex = centered_dft_matrix(fw, kw)[: fw // 2 + 1].T
-    total = np.sum(psf, axis=(-2, -1), keepdims=True)
-    return np.asarray(ey @ (psf @ ex) / total, np.complex64)
+    rows = np.zeros((*psf.shape[:-1], fw))
+    rows[..., (np.arange(kw) - kw // 2) % fw] = psf
+    spec = np.zeros((*psf.shape[:-2], fh, fw // 2 + 1), np.complex128)
+    spec[..., (np.arange(kh) - kh // 2) % fh, :] = np.fft.rfft(rows, axis=-1)
+    spec = np.fft.fft(spec, axis=-2)
+    return np.asarray(spec / np.sum(psf, axis=(-2, -1))[..., None, None], np.complex64)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -452,13 +471,20 @@ def zogy_weights(
 
 
 def _stamps_to_half_spectra(stamps, grid):
-    """``rfft2(pad_center_origin(k, grid))`` for a stack of centred stamps, by two matrix products."""
+    """``rfft2(pad_center_origin(k, grid))`` for a stack of centred stamps, without the zero rows.
+
+    The row transforms of the ``Kh`` non-zero rows are a skinny matrix product (stamp DFT
+    matrix); the column transforms are one batched FFT along the first grid axis.  On XLA:CPU
+    this is about 1.3x cheaper than padding and ``rfft2``, and cheaper than a second matrix
+    product over the full grid.
+    """
     (fh, fw), (kh, kw) = grid, stamps.shape[-2:]
     cdtype = jnp.complex64 if stamps.dtype == jnp.float32 else jnp.complex128
-    ey = jnp.asarray(centered_dft_matrix(fh, kh), cdtype)
     ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
-    mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-    return mm(ey, mm(stamps.astype(cdtype), ex))
+    rows = jnp.matmul(stamps.astype(cdtype), ex, precision=jax.lax.Precision.HIGHEST)  # (..., Kh, W//2+1)
+    h = kh // 2  # centre row to index 0, rows before it wrap to the end, zeros between
+    gap = jnp.zeros((*rows.shape[:-2], fh - kh, rows.shape[-1]), rows.dtype)
+    return jnp.fft.fft(jnp.concatenate([rows[..., h:, :], gap, rows[..., :h, :]], axis=-2), axis=-2)
 
 
 def kernel_box_shape(new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int],
@@ -611,6 +637,8 @@ def _zogy_jit(
     # aliased tails at the level of the full-grid result without full-size inverse FFTs.
     stamp_grid = tuple(min(fast_fft_size(64 * max(a, b)), f)
                        for a, b, f in zip(new_psf.shape, ref_psf.shape, fft_shape))  # fmt: skip
+    if kernel_mode == "box" and small != fft_shape:  # P_D is compact (its tail was checked): small grid
+        stamp_grid = small
     if stamp_grid == small:
         pd_small = small_w.psf_d
     else:
