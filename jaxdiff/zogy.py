@@ -115,6 +115,17 @@ def default_fft_shape(
     return fast_fft_shape([int(n) + 2 * border for n in image_shape])
 
 
+def _low_part(psf, dtype):
+    """``float32(p - float32(p))`` for a float64 numpy stamp in float32 mode, else None (see
+    :func:`precise_otf`): the float32 path keeps the whole float64 PSF."""
+    if dtype != jnp.float32 or isinstance(psf, jax.Array) or isinstance(psf, jax.core.Tracer):
+        return None
+    p = np.asarray(psf)
+    if p.dtype != np.float64:
+        return None
+    return (p - p.astype(np.float32)).astype(np.float32)
+
+
 def _static_zero(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == 0
 
@@ -273,7 +284,10 @@ def zogy(
         msg = f"zogy supports float32 and float64 images, got {dtype}"
         raise ValueError(msg)
     as_arr = functools.partial(jnp.asarray, dtype=dtype)
+    new_psf_lo, ref_psf_lo = (_low_part(p, dtype) for p in (new_psf, ref_psf))
     new_image, ref_image, new_psf, ref_psf = map(as_arr, (new_image, ref_image, new_psf, ref_psf))
+    new_psf_lo, ref_psf_lo = (jnp.zeros_like(p) if lo is None else as_arr(lo)
+                              for p, lo in ((new_psf, new_psf_lo), (ref_psf, ref_psf_lo)))  # fmt: skip
     new_variance, ref_variance, new_noise_var, ref_noise_var, f_new, f_ref = map(
         as_arr, (new_variance, ref_variance, new_noise_var, ref_noise_var, f_new, f_ref)
     )
@@ -313,7 +327,8 @@ def zogy(
                                                                   f_new, f_ref))  # fmt: skip
     if kernel_mode == "auto" and small != fft_shape and concrete:
         # decide here, on the host, so that the compiled program holds one kernel path only
-        tail = _kernel_tail(new_psf, ref_psf, new_noise_var, ref_noise_var, f_new, f_ref, box=box, small=small)
+        tail = _kernel_tail(new_psf, ref_psf, new_psf_lo, ref_psf_lo, new_noise_var, ref_noise_var, f_new, f_ref,
+                            box=box, small=small)  # fmt: skip
         kernel_mode = "full" if float(tail) > KERNEL_TAIL_TOLERANCE else "box"
 
     sigmas = (*astrometric_sigma_new, *astrometric_sigma_ref)
@@ -323,7 +338,7 @@ def zogy(
     use_ast = bool(calculate_score) and not all(_static_zero(s) for s in sigmas)
     sigmas = tuple(map(as_arr, sigmas)) if use_ast else None
     return _zogy_jit(
-        new_image, ref_image, new_psf, ref_psf, new_variance, ref_variance, new_noise_var, ref_noise_var,
+        new_image, ref_image, (new_psf, new_psf_lo), (ref_psf, ref_psf_lo), new_variance, ref_variance, new_noise_var, ref_noise_var,
         f_new, f_ref, sigmas, fft_shape=fft_shape, calculate_score=bool(calculate_score), pad_mode=pad_mode,
         kernel_mode=kernel_mode,
     )  # fmt: skip
@@ -343,13 +358,14 @@ KERNEL_TAIL_TOLERANCE = 1e-6
 KERNEL_MODES = ("auto", "box", "full")
 
 
-def _host_otf(psf, *, grid):
-    """float64 numpy half-plane transfer function(s) of centred stamp(s) normalised to sum 1, as complex64.
+def _host_otf(psf, lo, *, grid):
+    """float64 numpy half-plane transfer function(s) of centred stamp(s) ``psf + lo`` normalised to
+    sum 1, as complex64.
 
     Row transforms of the stamp rows, then column transforms (numpy's FFT: no BLAS threads,
     which contend with XLA's inside a callback).
     """
-    psf = np.asarray(psf, np.float64)
+    psf = np.asarray(psf, np.float64) + np.asarray(lo, np.float64)
     (fh, fw), (kh, kw) = grid, psf.shape[-2:]
     rows = np.zeros((*psf.shape[:-1], fw))
     rows[..., (np.arange(kw) - kw // 2) % fw] = psf
@@ -359,25 +375,30 @@ def _host_otf(psf, *, grid):
     return np.asarray(spec / np.sum(psf, axis=(-2, -1))[..., None, None], np.complex64)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def precise_otf(psf: Float[Array, "Kh Kw"], grid: tuple[int, int]) -> Array:
+def precise_otf(
+    psf: Float[ArrayLike, "Kh Kw"], grid: tuple[int, int], psf_lo: Float[ArrayLike, "Kh Kw"] | None = None
+) -> Complex[Array, "H Wr"]:
     """Half-plane transfer function of a centred PSF stamp normalised to sum 1, to float64 accuracy.
 
-    Equals ``psf_to_otf(psf, grid) / sum(psf)`` (:func:`~jaxdiff._fft.psf_to_otf`)
-    mathematically, and is that in float64.  In float32 the values come from a float64
-    computation on the host (``jax.pure_callback``: stamp-sized input, one matrix DFT, the
-    normalisation included) and are stored as complex64, so each value carries float32
-    *relative* precision even where the transform is 1e-10 of its peak; a float32 DFT only
-    reaches about 1e-7 of the peak in *absolute* terms, and normalising the stamp in float32
-    first would already perturb it at that level.  The ratios of two PSF transforms in ZOGY
-    need the former (Zackay et al. 2016, eq. 13).
+    Equals ``psf_to_otf(p, grid) / sum(p)`` (:func:`~jaxdiff._fft.psf_to_otf`) for the stamp
+    ``p = psf + psf_lo`` mathematically, and is that in float64.  In float32 the values come
+    from a float64 computation on the host (``jax.pure_callback``: stamp-sized input, one
+    pruned FFT, the normalisation included) and are stored as complex64, so each value
+    carries float32 *relative* precision even where the transform is 1e-10 of its peak; a
+    float32 DFT only reaches about 1e-7 of the peak in *absolute* terms, and normalising the
+    stamp in float32 first would already perturb it at that level.  The ratios of two PSF
+    transforms in ZOGY need the former (Zackay et al. 2016, eq. 13).
 
     Parameters
     ----------
-    psf : jax.Array, shape (Kh, Kw)
+    psf : array_like, shape (Kh, Kw)
         Centred stamp (float32 or float64), any normalisation (sum != 0).
     grid : (int, int)
         FFT grid (static).
+    psf_lo : array_like, shape (Kh, Kw), optional
+        Low part of a float64 stamp split as ``hi + lo`` into two float32 arrays (``hi =
+        float32(p)``, ``lo = float32(p - hi)``): the float32 path then transforms the float64
+        stamp.  :func:`zogy` does this for float64 numpy PSFs.  Default zeros.
 
     Returns
     -------
@@ -386,22 +407,30 @@ def precise_otf(psf: Float[Array, "Kh Kw"], grid: tuple[int, int]) -> Array:
 
     Notes
     -----
-    Differentiable (forward and reverse): the tangent ``(P̂(dp) − P̂ Σdp) / Σp`` is evaluated
-    in the working precision.  Works under ``jit`` and ``vmap`` (the callback receives the
-    whole batch).
+    Differentiable (forward and reverse) in ``psf`` and ``psf_lo``: the tangent
+    ``(P̂(dp) − P̂ Σdp) / Σp`` is evaluated in the working precision.  Works under ``jit`` and
+    ``vmap`` (the callback receives the whole batch).
     """
+    psf = jnp.asarray(psf)
+    lo = jnp.zeros_like(psf) if psf_lo is None else jnp.asarray(psf_lo, psf.dtype)
+    return _precise_otf(psf, lo, tuple(int(g) for g in grid))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _precise_otf(psf, lo, grid):
     if psf.dtype == jnp.float64:
-        return psf_to_otf(psf, grid) / jnp.sum(psf)
+        p = psf + lo
+        return psf_to_otf(p, grid) / jnp.sum(p)
     out = jax.ShapeDtypeStruct((*psf.shape[:-2], grid[0], grid[1] // 2 + 1), jnp.complex64)
-    return jax.pure_callback(functools.partial(_host_otf, grid=grid), out, psf, vmap_method="expand_dims")
+    return jax.pure_callback(functools.partial(_host_otf, grid=grid), out, psf, lo, vmap_method="expand_dims")
 
 
-@precise_otf.defjvp
+@_precise_otf.defjvp
 def _precise_otf_jvp(grid, primals, tangents):
-    (psf,), (dpsf,) = primals, tangents
-    otf = precise_otf(psf, grid)
-    total = jnp.sum(psf)
-    return otf, (psf_to_otf(dpsf, grid) - otf * jnp.sum(dpsf)) / total
+    (psf, lo), (dpsf, dlo) = primals, tangents
+    otf = _precise_otf(psf, lo, grid)
+    dp = dpsf + dlo
+    return otf, (psf_to_otf(dp, grid) - otf * jnp.sum(dp)) / jnp.sum(psf + lo)
 
 
 class ZogyWeights(NamedTuple):
@@ -512,9 +541,12 @@ def _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref):
     return a1 * inv, a2 * inv, total
 
 
-def _small_grid_kernels(pn_norm, pr_norm, alpha_new, alpha_ref, *, box, small):
-    """Real-space box kernels (w_new, w_ref, P_D, g_new, g_ref), their tails, stamps data."""
-    weights = zogy_weights(precise_otf(pn_norm, small), precise_otf(pr_norm, small), alpha_new, alpha_ref)
+def _small_grid_kernels(pn, pr, alpha_new, alpha_ref, *, box, small):
+    """Real-space box kernels (w_new, w_ref, P_D, g_new, g_ref), their tails, small-grid weights.
+
+    ``pn``, ``pr``: (stamp, low part) pairs.
+    """
+    weights = zogy_weights(precise_otf(pn[0], small, pn[1]), precise_otf(pr[0], small, pr[1]), alpha_new, alpha_ref)
     conj_pd = jnp.conj(weights.psf_d)
     spectra = jnp.stack([weights.w_new, weights.w_ref, weights.psf_d, conj_pd * weights.w_new,
                          conj_pd * weights.w_ref])  # fmt: skip
@@ -530,9 +562,9 @@ def _small_grid_kernels(pn_norm, pr_norm, alpha_new, alpha_ref, *, box, small):
 
 
 @functools.partial(jax.jit, static_argnames=("box", "small"))
-def _kernel_tail(new_psf, ref_psf, new_noise_var, ref_noise_var, f_new, f_ref, *, box, small):
+def _kernel_tail(new_psf, ref_psf, new_lo, ref_lo, new_noise_var, ref_noise_var, f_new, f_ref, *, box, small):
     alpha_new, alpha_ref, _ = _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref)
-    return _small_grid_kernels(new_psf, ref_psf, alpha_new, alpha_ref, box=box, small=small)[1]
+    return _small_grid_kernels((new_psf, new_lo), (ref_psf, ref_lo), alpha_new, alpha_ref, box=box, small=small)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("fft_shape", "calculate_score", "pad_mode", "kernel_mode"))
@@ -542,6 +574,8 @@ def _zogy_jit(
 ):  # fmt: skip
     dtype = new_image.dtype
     tiny = 100 * float(jnp.finfo(dtype).tiny)
+    pn_norm, pr_norm = new_psf, ref_psf  # (stamp, low part); precise_otf normalises
+    new_psf, ref_psf = new_psf[0], ref_psf[0]
     (h, w), (fh, fw) = new_image.shape, fft_shape
     y0, x0 = (fh - h) // 2, (fw - w) // 2
     pads = ((y0, fh - h - y0), (x0, fw - w - x0))
@@ -568,7 +602,6 @@ def _zogy_jit(
         per_row = jnp.sum(weights * half, axis=-1, dtype=half.dtype)
         return jnp.sum(per_row, axis=-1, dtype=half.dtype)  # two stages: accurate float32 sums
 
-    pn_norm, pr_norm = new_psf, ref_psf  # precise_otf normalises (in float64 for float32 stamps)
     alpha_new, alpha_ref, a_total = _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref)
     f_d = f_new * f_ref * jax.lax.rsqrt(a_total)  # eq. 15
     scalar_var = new_variance.ndim == 0 and ref_variance.ndim == 0
@@ -594,7 +627,7 @@ def _zogy_jit(
         if small == fft_shape:
             wf = small_w
         else:
-            wf = zogy_weights(precise_otf(pn_norm, fft_shape), precise_otf(pr_norm, fft_shape), alpha_new,
+            wf = zogy_weights(precise_otf(pn_norm[0], fft_shape, pn_norm[1]), precise_otf(pr_norm[0], fft_shape, pr_norm[1]), alpha_new,
                               alpha_ref)  # fmt: skip
         conj_pd = jnp.conj(wf.psf_d)
         kern = jnp.stack([wf.w_new, wf.w_ref, conj_pd * wf.w_new, conj_pd * wf.w_ref])
@@ -642,7 +675,7 @@ def _zogy_jit(
     if stamp_grid == small:
         pd_small = small_w.psf_d
     else:
-        pd_small = zogy_weights(precise_otf(pn_norm, stamp_grid), precise_otf(pr_norm, stamp_grid), alpha_new,
+        pd_small = zogy_weights(precise_otf(pn_norm[0], stamp_grid, pn_norm[1]), precise_otf(pr_norm[0], stamp_grid, pr_norm[1]), alpha_new,
                                 alpha_ref).psf_d  # fmt: skip
     mats = [jnp.asarray(m, pd_small.dtype) for m in stamp_idft_matrices(stamp_grid, new_psf.shape)]
 
