@@ -8,7 +8,7 @@ Usage::
     python benchmarks/bench_al.py --quick          # 512² smoke run, short peer timeout
 
 Every measurement runs in a child process: a "gen" worker simulates one pair per size with
-``jaxdiff.sim.simulate_pair`` (the peers.md scene) and saves it as .npy (+ FITS for SFFT); one
+``jaxdiff.testing.sim.simulate_pair`` (the peers.md scene) and saves it as .npy (+ FITS for SFFT); one
 fresh "jax" worker per (size, spatial order, precision) times the first call (trace + compile +
 run), the warm calls, the FFT floor and the peak RSS; one fresh "peer" worker per (peer, size,
 order) runs in the peer virtual environment (``--peer-python``, no jax there) under a timeout and
@@ -73,7 +73,7 @@ def worker_gen(args):
     import jax  # noqa: F401  (float32 default, x64 off)
 
     sys.path.insert(0, str(REPO))
-    from jaxdiff.sim import simulate_pair
+    from jaxdiff.testing.sim import simulate_pair
 
     n = args.size
     t0 = time.perf_counter()
@@ -157,8 +157,8 @@ def worker_jax(args):
     import jax.numpy as jnp
 
     sys.path.insert(0, str(REPO))
-    from jaxdiff.image import Exposure, Image, Mask, MaskedImage
-    from jaxdiff.psf import GridPsf, ImagePsf
+    from jaxdiff.image.image import Exposure, Image, Mask, MaskedImage
+    from jaxdiff.image.psf import GridPsf, ImagePsf
     from jaxdiff.tasks.image_psf_match import ImagePsfMatchTask
 
     compile_events = {"trace": 0.0, "lower": 0.0, "compile": 0.0, "n_compiles": 0}
@@ -542,7 +542,7 @@ def build_report(env, versions, peer_versions, results, args, argv):
              f"{env['wall_s'] / 60:.1f} min")  # fmt: skip
     sizes = sorted({k[0] for k in results})
     stars = {k[0]: v.get("n_stars") for k, v in results.items() if k[2] == "_gen" and v}
-    L.append(f"- scene: `jaxdiff.sim.simulate_pair`, {args.stars_per_mpix:g} stars/Mpix ("
+    L.append(f"- scene: `jaxdiff.testing.sim.simulate_pair`, {args.stars_per_mpix:g} stars/Mpix ("
              + ", ".join(f"{stars.get(n, '?')} at {n}²" for n in sizes)
              + "), σ_T 1.5 px, σ_S 2.2 px × (1 ± 10 %), flux ratio 1.1, +10 e⁻ background, Poisson + read noise, "
              "10 transients; kernel 21×21, background order 1\n")

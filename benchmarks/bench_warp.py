@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark ``jaxdiff.warp`` against ``reproject.reproject_interp`` on the same data.
+"""Benchmark ``jaxdiff.image.warp`` against ``reproject.reproject_interp`` on the same data.
 
 Usage::
 
@@ -10,7 +10,7 @@ a TAN WCS for it and a science TAN WCS shifted by a fraction of a pixel and rota
 and saves them as ``.npy`` + FITS headers under ``--workdir``.  Then, for each size:
 
 * one *jax* child process (this script, ``--worker jax``; the dev venv) times
-  ``jaxdiff.warp.warp_exposure`` (image + variance + mask + PSF, the default ``lanczos3``
+  ``jaxdiff.image.warp.warp_exposure`` (image + variance + mask + PSF, the default ``lanczos3``
   kernel, and ``bilinear``): compile time of the jitted plane warp, first call, warm calls;
   plus ``resample`` alone on precomputed coordinates (compile and warm), and the host-side
   ``warp_coordinates``;
@@ -65,9 +65,8 @@ def _headers(size):
 
 
 def make_data(size, workdir, seed=0):
-    from scipy import ndimage
-
     from _common import render_stars
+    from scipy import ndimage
 
     d = Path(workdir) / f"n{size}"
     d.mkdir(parents=True, exist_ok=True)
@@ -100,7 +99,8 @@ def worker_jax(d, repeats, out):
 
     import jaxdiff
     from jaxdiff import Exposure, GaussianPsf, MaskedImage
-    from jaxdiff.warp import _warp_planes, resample, warp_coordinates, warp_exposure
+    from jaxdiff.core.resample import resample
+    from jaxdiff.image.warp import _warp_planes, warp_coordinates, warp_exposure
 
     img = np.load(d / "template.npy")
     size = img.shape[0]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark ``jaxdiff.zogy`` against the FFT floor, a float64 numpy oracle and peer codes.
+"""Benchmark ``jaxdiff.core.zogy`` against the FFT floor, a float64 numpy oracle and peer codes.
 
 Usage (full run, ~15-25 minutes on a 2-core machine)::
 
@@ -67,7 +67,7 @@ def zogy_oracle(new, ref, psf_new, psf_ref, var_new, var_ref, *, noise_new, nois
                 workers=2):  # fmt: skip
     """Plain ZOGY (Zackay, Ofek & Gal-Yam 2016), per-pixel variance, no astrometric term.
 
-    Same padding as ``jaxdiff.zogy`` (reflect, image at offset (fft - n) // 2); PSF centre
+    Same padding as ``jaxdiff.core.zogy`` (reflect, image at offset (fft - n) // 2); PSF centre
     pixel at the grid origin.  Returns D, V_D, S, V_S, S_corr (all float64).  18 full fft2.
     """
     import scipy.fft as sfft
@@ -101,7 +101,7 @@ def zogy_oracle(new, ref, psf_new, psf_ref, var_new, var_ref, *, noise_new, nois
 def oracle_fft_shape(image_shape, psf_shape):
     """Same grid as jaxdiff's default (imported lazily so peers' venv needs no jaxdiff)."""
     sys.path.insert(0, str(REPO))
-    from jaxdiff.zogy import default_fft_shape
+    from jaxdiff.core.zogy import default_fft_shape
 
     return default_fft_shape(image_shape, psf_shape, psf_shape)
 
@@ -219,7 +219,7 @@ def worker_jax(args):
     import jax.numpy as jnp
     import scipy.fft as sfft
 
-    from jaxdiff.zogy import default_fft_shape, zogy
+    from jaxdiff.core.zogy import default_fft_shape, zogy
 
     dtype = np.dtype(args.dtype)
     a, meta = load_pair(args.data, dtype)
@@ -334,8 +334,8 @@ def _profile_jax(jax, jnp, zogy, dev, meta, rep):
 def _time_task(jax, a, meta, rep):
     """``ZogyImagePsfMatchTask.run`` on the same pair as Exposures (per-pixel variance planes, default
     config without calibration scaling, no warping): first call and warm median."""
-    from jaxdiff.image import Exposure, Image, MaskedImage
-    from jaxdiff.psf import ImagePsf
+    from jaxdiff.image.image import Exposure, Image, MaskedImage
+    from jaxdiff.image.psf import ImagePsf
     from jaxdiff.tasks import ZogyImagePsfMatchTask
 
     def exposure(img, var, psf, ratio):
@@ -368,7 +368,7 @@ def worker_mem(args):
         del out
     else:
         jax = _jax_setup(args.dtype)
-        from jaxdiff.zogy import zogy
+        from jaxdiff.core.zogy import zogy
 
         a, meta = load_pair(args.data, np.dtype(args.dtype))
         dev = {k: jax.device_put(v) for k, v in a.items() if k != "sky"}

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from jaxdiff import Exposure, GaussianPsf, MaskedImage
-from jaxdiff.image import Box2I
-from jaxdiff.kernel_basis import alard_lupton_basis
-from jaxdiff.sim import simulate_pair
+from jaxdiff.core.kernel_basis import alard_lupton_basis
+from jaxdiff.image.image import Box2I
 from jaxdiff.tasks import errors
 from jaxdiff.tasks.image_psf_match import ImagePsfMatchTask
+from jaxdiff.testing.sim import simulate_pair
 
 FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -231,7 +231,7 @@ def test_star_field_2048_noise_stars_and_decorrelation(field_2048):
 
 
 def test_repeated_call_does_not_recompile(small_pair):
-    from jaxdiff import kernel_fit as kf
+    from jaxdiff.core import kernel_fit as kf
 
     p = small_pair
     task = _task(fitForBackground=True, spatialKernelOrder=1)
@@ -245,7 +245,7 @@ def test_repeated_call_does_not_recompile(small_pair):
 # ------------------------------------------------------------------------------------------
 def test_moffat_crowded_field_with_wings(x64):
     """Kernels with wings: 2,000 Moffat stars per 1024^2 (beta 3.0 -> 2.5), +10 e- background."""
-    from jaxdiff.detection import find_peaks
+    from jaxdiff.core.detection import find_peaks
 
     dtype = np.float64 if x64 else np.float32
     p = simulate_pair(3, (1024, 1024), n_stars=2000, template_psf=dict(kind="moffat", fwhm=1.5 * FWHM, beta=3.0),
@@ -427,8 +427,8 @@ def test_box_footprints_shifted_inside_image(small_pair):
 
 def test_jit_compatible_core_gradients_finite(x64):
     """A gradient of the matched-template loss w.r.t. the template stays finite (full chain)."""
-    from jaxdiff import kernel_fit as kf
-    from jaxdiff.kernel_basis import alard_lupton_separable
+    from jaxdiff.core import kernel_fit as kf
+    from jaxdiff.core.kernel_basis import alard_lupton_separable
 
     b = kf.make_fit_basis(alard_lupton_basis(5, (1.0, 2.0), (2, 1)), alard_lupton_separable(5, (1.0, 2.0), (2, 1)))
     t = jax.random.normal(jax.random.key(0), (4, 25, 25))
@@ -444,7 +444,7 @@ def test_jit_compatible_core_gradients_finite(x64):
 
 @pytest.mark.parametrize("model", ["chebyshev1", "polynomial"])
 def test_background_image_equals_pointwise(model):
-    from jaxdiff.spatial import SpatialRange
+    from jaxdiff.core.spatial import SpatialRange
     from jaxdiff.tasks._al import BackgroundModel
 
     rng = np.random.default_rng(3)
@@ -457,7 +457,7 @@ def test_background_image_equals_pointwise(model):
 
 def test_banded_detection_equals_whole_image(x64):
     """Bands with overlapping margins find the same sources as one pass (memory-bounded path)."""
-    from jaxdiff.sources import detect_sources, detect_sources_banded
+    from jaxdiff.core.sources import detect_sources, detect_sources_banded
 
     dtype = np.float64 if x64 else np.float32
     p = simulate_pair(12, (512, 256), n_stars=150, template_psf=1.5, science_psf=1.5, dtype=dtype)

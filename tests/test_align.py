@@ -1,4 +1,4 @@
-"""Tests of jaxdiff.align (gradient-based sub-pixel alignment) and the lanczos3_linear kernel.
+"""Tests of jaxdiff.core.align (gradient-based sub-pixel alignment) and the lanczos3_linear kernel.
 
 Truth comes from the simulation: the science stars are rendered (exact pixel-integrated
 Gaussians) at the positions the known affine map sends the template stars to.
@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdiff.align import AlignmentResult, affine_coordinates, alignment_loss, refine_alignment
-from jaxdiff.sim import render_gaussian_stars
-from jaxdiff.warp import resample, resample_variance, support_mask
+from jaxdiff.core.align import AlignmentResult, affine_coordinates, alignment_loss, refine_alignment
+from jaxdiff.core.resample import resample, resample_variance, support_mask
+from jaxdiff.testing.sim import render_gaussian_stars
 
 SHAPE = (96, 96)
 TRUTH = np.array([0.37, -0.21, np.deg2rad(0.3), 0.0])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from jaxdiff import Exposure, cli
+from jaxdiff import Exposure
+from jaxdiff.cli import _main as cli
 from jaxdiff.cli import main, run_demo
 
 
@@ -27,7 +28,7 @@ def test_demo_simulated_and_real(tmp_path, shared_dir, capsys):
 def test_zogy_command_on_fits_files(tmp_path, capsys):
     import jax
 
-    from jaxdiff.sim import simulate_pair
+    from jaxdiff.testing.sim import simulate_pair
 
     pair = simulate_pair(jax.random.key(5), (128, 128), n_stars=20, n_transients=1, transient_snr=30.0)
     pair.science.writeFits(str(tmp_path / "sci.fits"))
@@ -147,9 +148,9 @@ def test_demo_al_simulated(tmp_path, capsys):
 
 
 def test_demo_al_reports_a_typed_failure_and_continues(tmp_path, monkeypatch, capsys):
-    import jaxdiff.cli as cli
-    from jaxdiff.sim import simulate_pair
+    from jaxdiff.cli import _main as cli
     from jaxdiff.tasks.errors import PsfMatchingError
+    from jaxdiff.testing.sim import simulate_pair
 
     pair = simulate_pair(jax_key(1), (64, 64), n_stars=3)
     monkeypatch.setattr(cli, "load_nircam_pair", lambda datadir: (pair.science, pair.template))
@@ -168,7 +169,7 @@ def test_demo_al_reports_a_typed_failure_and_continues(tmp_path, monkeypatch, ca
 def test_al_command_on_plain_fits_files(tmp_path, capsys):
     from astropy.io import fits
 
-    from jaxdiff.sim import simulate_pair
+    from jaxdiff.testing.sim import simulate_pair
 
     pair = simulate_pair(jax_key(5), (256, 256), n_stars=90, flux_ratio=1.1, background_offset=5.0,
                          n_transients=1, transient_snr=30.0)
@@ -203,7 +204,7 @@ def test_al_command_on_plain_fits_files(tmp_path, capsys):
 
 
 def test_al_command_on_exposure_files(tmp_path, capsys):
-    from jaxdiff.sim import simulate_pair
+    from jaxdiff.testing.sim import simulate_pair
 
     pair = simulate_pair(jax_key(6), (128, 128), n_stars=40, flux_ratio=0.9)
     sci, tmp = str(tmp_path / "sci.fits"), str(tmp_path / "tmp.fits")

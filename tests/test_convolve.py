@@ -1,4 +1,4 @@
-"""Tests of ``jaxdiff.convolve``: afw-convention (cross-correlation) fixed and spatially varying kernels.
+"""Tests of ``jaxdiff.core.convolve``: afw-convention (cross-correlation) fixed and spatially varying kernels.
 
 Every numerical check compares against an independent float64 reference written here: scipy's
 ``correlate2d``, or plain numpy loops over pixels / kernel offsets, and numpy Chebyshev polynomials
@@ -14,8 +14,8 @@ import scipy.signal
 from jax.test_util import check_grads
 from numpy.polynomial import chebyshev as npcheb
 
-from jaxdiff import convolve as cv
-from jaxdiff.spatial import SpatialRange, spatial_basis
+from jaxdiff.core import convolve as cv
+from jaxdiff.core.spatial import SpatialRange, spatial_basis
 
 NO_DATA = 8
 
@@ -243,7 +243,7 @@ def test_spatially_varying_matches_per_pixel_loop(method, order, model, kernel_s
 
 @pytest.mark.parametrize("model", ["chebyshev1", "polynomial"])
 def test_spatial_terms_consistent_with_spatial_basis(model, float_dtype, tol):
-    """A delta term kernel for term s alone gives phi_s(X, Y) * image: the same phi as jaxdiff.spatial."""
+    """A delta term kernel for term s alone gives phi_s(X, Y) * image: the same phi as jaxdiff.core.spatial."""
     order, (h, w), xy0 = 2, (9, 11), (5, -4)
     xy_range = SpatialRange(-2.5, -10.5, 30.5, 8.5)
     image = np.random.default_rng(3).normal(size=(h, w)).astype(float_dtype)

@@ -1,4 +1,4 @@
-"""Tests of the Alard–Lupton decorrelation afterburner (``jaxdiff.decorrelate``, DMTN-021).
+"""Tests of the Alard–Lupton decorrelation afterburner (``jaxdiff.core.decorrelate``, DMTN-021).
 
 Float mode comes from ``tests/conftest.py`` (float64 unless ``--float32``).  Every test compares
 with something independent of jaxdiff: (a) float64 numpy implementations of the formulas written
@@ -17,8 +17,8 @@ import pytest
 from jax.test_util import check_grads
 from scipy import ndimage
 
-from jaxdiff import decorrelate as decor_module
-from jaxdiff.decorrelate import (
+from jaxdiff.core import decorrelate as decor_module
+from jaxdiff.core.decorrelate import (
     DecorrelationResult,
     decorrelate,
     decorrelation_kernel,

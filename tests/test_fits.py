@@ -1,4 +1,4 @@
-"""Tests for jaxdiff.fits: lossless Exposure round trips, atomic writes, LSST files, plain FITS."""
+"""Tests for jaxdiff.image.fits: lossless Exposure round trips, atomic writes, LSST files, plain FITS."""
 
 import os
 import warnings
@@ -11,7 +11,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning, Sip
 
 from jaxdiff import Exposure, FilterLabel, GaussianPsf, GridPsf, ImagePsf, MaskedImage, MoffatPsf, PhotoCalib
-from jaxdiff.fits import exposureFromFits, readExposure, readImageArray, writeExposure
+from jaxdiff.image.fits import exposureFromFits, readExposure, readImageArray, writeExposure
 
 
 def _shared_data():

@@ -8,8 +8,8 @@ from astropy.wcs import WCS
 
 import jaxdiff
 from jaxdiff import Exposure, GaussianPsf, GridPsf, ImagePsf, Mask, MaskedImage, MoffatPsf, PhotoCalib
-from jaxdiff.image import Box2I, Image
-from jaxdiff.psf import FWHM_PER_SIGMA, adaptive_moments
+from jaxdiff.image.image import Box2I, Image
+from jaxdiff.image.psf import FWHM_PER_SIGMA, adaptive_moments
 
 
 def _tan_wcs(shape):

@@ -1,4 +1,4 @@
-"""Tests of jaxdiff.kernel_basis: Alard-Lupton, delta-function and PCA bases, regularisation matrices.
+"""Tests of jaxdiff.core.kernel_basis: Alard-Lupton, delta-function and PCA bases, regularisation matrices.
 
 Includes the cases of ip_diffim ``tests/test_basisLists.py`` (spec 8.3) and the worked examples of spec
 4.2.2.  All basis code is host float64 numpy, so the tests are the same under ``--float32``.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaxdiff.kernel_basis import (
+from jaxdiff.core.kernel_basis import (
     FLT_EPSILON,
     SIGMA_TO_FWHM,
     BasisParams,

@@ -1,19 +1,18 @@
-"""Alard-Lupton least-squares core (jaxdiff.kernel_fit): stamp fits, solver, spatial system.
+"""Alard-Lupton least-squares core (jaxdiff.core.kernel_fit): stamp fits, solver, spatial system.
 
 References are independent: scipy correlations, explicit numpy normal equations, the explicit
 ``A_c^T M_c A_c`` construction of spec section 4.7, and HOTPANTS' coefficients for LSST's
 compareToHotpants data (read from ../shared when present; the GPL data is never copied here).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.signal import correlate2d
 
-from jaxdiff import kernel_fit as kf
-from jaxdiff.kernel_basis import alard_lupton_basis, alard_lupton_separable, delta_function_basis
-from jaxdiff.spatial import SpatialRange
+from jaxdiff.core import kernel_fit as kf
+from jaxdiff.core.kernel_basis import alard_lupton_basis, alard_lupton_separable, delta_function_basis
+from jaxdiff.core.spatial import SpatialRange
 
 
 def _gauss(w, sx, sy=None, dx=0.0, dy=0.0):
@@ -292,7 +291,7 @@ def hotpants(request):
     path = Path(_shared_dir()) / "data" / "lsst_ipdiffim_hotpants"
     if not (path / "scienceMI.fits").exists():
         pytest.skip(f"LSST compareToHotpants data not found in {path}")
-    from jaxdiff.fits import readExposure
+    from jaxdiff.image.fits import readExposure
 
     s = readExposure(path / "scienceMI.fits")
     t = readExposure(path / "templateMI.fits")

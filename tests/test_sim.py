@@ -1,4 +1,4 @@
-"""Tests of the scene simulator :mod:`jaxdiff.sim` against numpy/scipy and analytic references."""
+"""Tests of the scene simulator :mod:`jaxdiff.testing.sim` against numpy/scipy and analytic references."""
 
 import math
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from jaxdiff import sim
-from jaxdiff.image import DEFAULT_MASK_PLANES
-from jaxdiff.psf import GridPsf, ImagePsf
+from jaxdiff.image.image import DEFAULT_MASK_PLANES
+from jaxdiff.image.psf import GridPsf, ImagePsf
+from jaxdiff.testing import lsst_scenes, sim
 
 X64 = bool(jax.config.jax_enable_x64)
 FLOAT = np.float64 if X64 else np.float32
@@ -603,7 +603,7 @@ def test_lsst_zogy_images_replicate_the_recipe():
         size=(64, 48), svar=0.5, tvar=0.3, psf1=3.3, psf2=2.2, offset=(0.4, -0.3), varSourceChange=0.1,
         n_sources=6, seed=5,
     )
-    sci, tmp = sim.make_lsst_zogy_test_images(**kw)
+    sci, tmp = lsst_scenes.make_lsst_zogy_test_images(**kw)
     ref_s, ref_t = lsst_reference(kw["size"], 0.5, 0.3, 3.3, 2.2, kw["offset"], 0.1, 6, 5)
     tol = 1e-10 if X64 else 2e-3
     np.testing.assert_allclose(sci.image.array, ref_s, atol=tol * max(1.0, np.abs(ref_s).max()))
@@ -623,7 +623,7 @@ def test_lsst_zogy_images_replicate_the_recipe():
 
 
 def test_lsst_zogy_images_sourceless_noise():
-    sci, tmp = sim.make_lsst_zogy_test_images(size=(256, 256), svar=100.0, tvar=100.0, n_sources=0, seed=1)
+    sci, tmp = lsst_scenes.make_lsst_zogy_test_images(size=(256, 256), svar=100.0, tvar=100.0, n_sources=0, seed=1)
     rng = np.random.default_rng(1)
     np.testing.assert_allclose(sci.image.array, rng.normal(scale=10.0, size=(256, 256)), rtol=1e-6)
     assert abs(np.std(sci.image.array) / 10.0 - 1) < 0.02

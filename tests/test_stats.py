@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.stats import clipped_stats, robust_std
+from jaxdiff.core.stats import clipped_stats, robust_std
 
 
 def _numpy_clip(values, n_sigma=3.0, n_iter=3):
@@ -61,7 +61,7 @@ def test_robust_std_gaussian():
 
 def test_masked_quantiles_are_exact_order_statistics(float_dtype):
     """The sort-free selection (integer keys, histogram + bisection) against numpy's quantiles."""
-    from jaxdiff.stats import _masked_quantiles
+    from jaxdiff.core.stats import _masked_quantiles
 
     rng = np.random.default_rng(11)
     qs = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)

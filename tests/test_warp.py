@@ -1,4 +1,4 @@
-"""Tests of jaxdiff.warp: resampling core, WCS pixel mapping, Exposure warping.
+"""Tests of jaxdiff.image.warp: resampling core, WCS pixel mapping, Exposure warping.
 
 Every test compares against an independent reference: scipy.ndimage.map_coordinates, a direct
 numpy Lanczos implementation, astropy's exact pixel -> sky -> pixel chain, or analytic truth.
@@ -12,17 +12,10 @@ from astropy.wcs import WCS, Sip
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from jaxdiff import Box2I, Exposure, GaussianPsf, ImagePsf, Mask, MaskedImage
-from jaxdiff.psf import adaptive_moments
-from jaxdiff.sim import render_gaussian_stars
-from jaxdiff.warp import (
-    resample,
-    resample_mask,
-    resample_variance,
-    support_mask,
-    warp_coordinates,
-    warp_exposure,
-    warp_psf,
-)
+from jaxdiff.core.resample import resample, resample_mask, resample_variance, support_mask
+from jaxdiff.image.psf import adaptive_moments
+from jaxdiff.image.warp import warp_coordinates, warp_exposure, warp_psf
+from jaxdiff.testing.sim import render_gaussian_stars
 
 SCALE = 0.2 / 3600.0  # deg / pixel
 
@@ -310,7 +303,7 @@ def test_warp_coordinates_sip_against_astropy():
 def test_warp_coordinates_affine_fast_path(monkeypatch):
     """Two TAN WCSs (shift, rotation, scale): the fast path agrees with astropy's exact chain and
     evaluates the WCS at only a few dozen points; a SIP pair falls back to the coarse grid."""
-    import jaxdiff.warp as warp
+    import jaxdiff.image.warp as warp
 
     sci = _tan((100.0, 90.0), SCALE * _rot(0.0) @ np.diag([-1.0, 1.0]))
     tmp = _tan((96.3, 93.8), SCALE * 1.002 * _rot(3.0) @ np.diag([-1.0, 1.0]))

@@ -1,4 +1,4 @@
-"""Tests of the pure ZOGY core (``jaxdiff.zogy``) and its FFT helpers (``jaxdiff._fft``).
+"""Tests of the pure ZOGY core (``jaxdiff.core.zogy``) and its FFT helpers (``jaxdiff.core.fft``).
 
 Float mode comes from ``tests/conftest.py`` (float64 unless ``--float32``); tolerances
 follow the ``x64`` / ``rtol`` fixtures.  Kinds of test: (a) agreement with the independent
@@ -7,6 +7,7 @@ ZOGY unit-test expectations (spec §8.1); (d) gradients; (e) jit / vmap / retrac
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxdiff import zogy as zogy_module
-from jaxdiff._fft import (
+zogy_module = importlib.import_module("jaxdiff.core.zogy")
+from jaxdiff.core.fft import (
     centered_dft_matrix,
     crop_center_origin,
     fast_fft_shape,
@@ -23,8 +24,8 @@ from jaxdiff._fft import (
     pad_center_origin,
     psf_to_otf,
 )
-from jaxdiff._psf_images import gaussian_psf_image
-from jaxdiff.zogy import KERNEL_TAIL_TOLERANCE, ZogyResult, default_fft_shape, zogy
+from jaxdiff.core.psf_images import gaussian_psf_image
+from jaxdiff.core.zogy import KERNEL_TAIL_TOLERANCE, ZogyResult, default_fft_shape, zogy
 from tests.reference.zogy_numpy import zogy_reference
 
 FIELDS = [f for f in ZogyResult._fields if f not in ("n_degenerate", "kernel_tail", "full_grid")]

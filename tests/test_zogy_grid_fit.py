@@ -7,15 +7,15 @@ import pytest
 from scipy import ndimage
 from scipy.special import erf
 
-from jaxdiff.detection import find_peaks, peaks_to_table
-from jaxdiff.psf import gaussian_kernel_array
-from jaxdiff.zogy import zogy
-from jaxdiff.zogy_fit import fit_flux_ratio_shift, fourier_shift
-from jaxdiff.zogy_grid import cell_noise_variances, zogy_cells
+from jaxdiff.core.detection import find_peaks, peaks_to_table
+from jaxdiff.core.zogy import zogy
+from jaxdiff.core.zogy_fit import fit_flux_ratio_shift, fourier_shift
+from jaxdiff.core.zogy_grid import cell_noise_variances, zogy_cells
+from jaxdiff.image.psf import gaussian_kernel_array
 
 
 def _render(xs, ys, f, sigma, shape, dx=0.0, dy=0.0):
-    """Pixel-integrated Gaussian stars (exact erf integrals), independent of jaxdiff.sim."""
+    """Pixel-integrated Gaussian stars (exact erf integrals), independent of jaxdiff.testing.sim."""
     def prof(c, n):
         g = np.arange(n)[None, :]
         s = np.sqrt(2) * sigma

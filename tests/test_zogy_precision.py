@@ -1,8 +1,8 @@
 """Precision of the ZOGY core: float32 against float64, the undetermined-frequency rule, box kernels.
 
 Zackay, Ofek & Gal-Yam (2016) eq. 13 divides PSF transforms by each other.  jaxdiff computes the
-transforms to float64 accuracy in both precisions (``jaxdiff.zogy.precise_otf``), forms the ratios
-in a scaled form (``jaxdiff.zogy.zogy_weights``) and, where both transforms are below the floor
+transforms to float64 accuracy in both precisions (``jaxdiff.core.zogy.precise_otf``), forms the ratios
+in a scaled form (``jaxdiff.core.zogy.zogy_weights``) and, where both transforms are below the floor
 ``PSF_TRANSFORM_FLOOR``, follows a documented rule.  The oracle is the float64 numpy reference
 (``tests/reference/zogy_numpy.py``), which states the same rule and shares no code.
 """
@@ -16,7 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxdiff.zogy import KERNEL_TAIL_TOLERANCE, PSF_TRANSFORM_FLOOR, default_fft_shape, kernel_box_shape, zogy
+from jaxdiff.core.zogy import (
+    KERNEL_TAIL_TOLERANCE,
+    PSF_TRANSFORM_FLOOR,
+    default_fft_shape,
+    kernel_box_shape,
+    zogy,
+)
 from tests.reference.zogy_numpy import PSF_FLOOR, zogy_reference
 
 

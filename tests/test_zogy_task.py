@@ -11,10 +11,11 @@ from astropy.wcs import WCS
 
 import jaxdiff
 from jaxdiff import Exposure, GaussianPsf, ImagePsf, MaskedImage, PhotoCalib
-from jaxdiff.sim import make_lsst_zogy_test_images, simulate_pair
-from jaxdiff.stats import clipped_stats, robust_std
+from jaxdiff.core.stats import clipped_stats, robust_std
 from jaxdiff.tasks import ZogyImagePsfMatchTask, ZogyTask
 from jaxdiff.tasks.image_psf_match import NOT_REGISTERED_MESSAGE
+from jaxdiff.testing.lsst_scenes import make_lsst_zogy_test_images
+from jaxdiff.testing.sim import simulate_pair
 
 SEED_API = Path(__file__).resolve().parents[1].parent / "shared" / "seeds" / "ZogyImagePsfMatchTask-api.txt"
 
@@ -155,7 +156,7 @@ def test_pure_noise_statistics(noise_pair, grid):
 
 
 def test_second_run_does_not_recompile(noise_pair):
-    from jaxdiff.zogy_grid import zogy_cells
+    from jaxdiff.core.zogy_grid import zogy_cells
 
     task = _task()
     task.run(noise_pair.science, noise_pair.template)
@@ -178,7 +179,7 @@ def star_field():
 
 
 def test_transients_found_with_few_false_positives(star_field):
-    from jaxdiff.detection import find_peaks, peaks_to_table
+    from jaxdiff.core.detection import find_peaks, peaks_to_table
 
     pair, res = star_field
     s = res.scoreCorrExposure.image.array
@@ -308,7 +309,7 @@ def test_dimension_mismatch_and_wcs(small_pair):
     b.setWcs(wcs(0.5))
     with pytest.raises(RuntimeError, match="not registered"):
         _task().run(a, b, doWarping=False)
-    # doWarping=True now warps the template onto the science grid (jaxdiff.warp)
+    # doWarping=True now warps the template onto the science grid (jaxdiff.image.warp)
     res = _task().run(a, b, doWarping=True)
     warped = res.warpedExposure
     assert warped.getWcs() is a.getWcs()

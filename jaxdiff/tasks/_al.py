@@ -1,7 +1,7 @@
 """Alard-Lupton bookkeeping for the task shell: candidates, cells, the clipping loop, result objects.
 
 The numerics (stamp fits, residual statistics, the spatial system) are the jitted, vmapped
-functions of :mod:`jaxdiff.kernel_fit`; this module only decides which candidates enter which fit,
+functions of :mod:`jaxdiff.core.kernel_fit`; this module only decides which candidates enter which fit,
 following LSST's ``PsfMatchTask._solve`` loop (spec ``research/lsst_ip_diffim.md`` sections 2.8,
 4.3.3, 4.5-4.8). All single-stamp fits are computed once for every candidate (one batched call);
 LSST's "visit the first ``nStarPerCell`` non-BAD candidates of every cell" then becomes a selection
@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import kernel_fit as kf
-from ..image import Box2I
-from ..spatial import SpatialRange, n_spatial_terms, spatial_basis
-from ..stats import clipped_stats
+from ..core import kernel_fit as kf
+from ..core.spatial import SpatialRange, n_spatial_terms, spatial_basis
+from ..core.stats import clipped_stats
+from ..image.image import Box2I
 from .errors import InsufficientKernelSourcesError, NoKernelCandidatesError, PsfMatchingError
 
 __all__ = [
@@ -406,7 +406,7 @@ class BackgroundModel:
 
         Evaluated separably (every term is ``f(x) g(y)``), so memory stays at one output image.
         """
-        from ..spatial import spatial_exponents
+        from ..core.spatial import spatial_exponents
 
         ys = np.arange(bbox.getMinY(), bbox.getMaxY() + 1, dtype=np.float64)
         xs = np.arange(bbox.getMinX(), bbox.getMaxX() + 1, dtype=np.float64)
@@ -634,7 +634,7 @@ def _regularization(kConfig, width):
     """``(L, lambda, relative)`` (``H = L^T L``) for delta-function bases with regularisation, else ``(None, 0, False)``."""
     if kConfig.kernelBasisSet != "delta-function" or not getattr(kConfig, "useRegularization", False):
         return None, 0.0, False
-    from ..kernel_basis import regularization_matrix_from_config
+    from ..core.kernel_basis import regularization_matrix_from_config
 
     h = kf.regularization_root(regularization_matrix_from_config(kConfig, width, bool(kConfig.fitForBackground)))
     if kConfig.lambdaType == "absolute":
@@ -828,7 +828,7 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
         if nrej:
             continue
         if usePca:
-            from ..kernel_basis import pca_kernel_basis
+            from ..core.kernel_basis import pca_kernel_basis
 
             kimgs = orig.kernels[chosen] / orig.ksum[chosen][:, None, None]
             spBasis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),
@@ -862,7 +862,7 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
     if not converged:
         chosen = single_pass()
         if usePca:
-            from ..kernel_basis import pca_kernel_basis
+            from ..core.kernel_basis import pca_kernel_basis
 
             kimgs = orig.kernels[chosen] / orig.ksum[chosen][:, None, None]
             spBasis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),

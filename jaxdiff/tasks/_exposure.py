@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from ..image import Exposure
+from ..image.image import Exposure
 
 __all__ = [
     "check_exposure",

@@ -2,7 +2,7 @@
 
 The task shell of the seed API: it converts Exposures/MaskedImages to arrays, selects kernel
 candidates, runs LSST's fitting loop (:mod:`jaxdiff.tasks._al`) over the jitted, vmapped core
-(:mod:`jaxdiff.kernel_fit`, :mod:`jaxdiff.kernel_basis`, :mod:`jaxdiff.convolve`) and wraps the
+(:mod:`jaxdiff.core.kernel_fit`, :mod:`jaxdiff.core.kernel_basis`, :mod:`jaxdiff.core.convolve`) and wraps the
 results. Spec: ``research/lsst_ip_diffim.md`` section 4.
 
 Conventions: afw "convolution" is a correlation (spec 2.3); the kernel matches the template
@@ -30,8 +30,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..image import Box2I
-from ..psf import FWHM_PER_SIGMA
+from ..image.image import Box2I
+from ..image.psf import FWHM_PER_SIGMA
 from ._base import Struct, Task, timeMethod
 from ._exposure import wcs_mismatch_pixels
 from .config import ImagePsfMatchConfig
@@ -103,7 +103,7 @@ class ImagePsfMatchTask(Task):
     def _registerTemplate(self, templateExposure, scienceExposure, doWarping):
         """Return the template on the science pixel grid, warping it when needed and allowed.
 
-        Warping uses :func:`jaxdiff.warp.warp_exposure` with ``kConfig.warpingConfig``
+        Warping uses :func:`jaxdiff.image.warp.warp_exposure` with ``kConfig.warpingConfig``
         (``warpingKernelName``, ``maskWarpingKernelName``, ``interpLength``, ``growFullMask``).
         """
         if self._validateWcs(templateExposure, scienceExposure):
@@ -117,7 +117,7 @@ class ImagePsfMatchTask(Task):
                 "no WCS, so the template cannot be warped; attach WCSs or cut both to one bbox."
             )
             raise ValueError(msg)
-        from ..warp import warp_exposure
+        from ..image.warp import warp_exposure
 
         warpConfig = getattr(self.kConfig, "warpingConfig", None)
         kernel, maskKernel, interpLength, growFullMask = "lanczos3", "bilinear", 10, None
@@ -163,7 +163,7 @@ class ImagePsfMatchTask(Task):
         LSST compares the two FWHMs with ``>`` and raises TypeError when exactly one is None; here
         a missing FWHM falls back to the configured widths ("config" mode) with a log message.
         """
-        from ..kernel_basis import alard_lupton_separable, make_kernel_basis_list
+        from ..core.kernel_basis import alard_lupton_separable, make_kernel_basis_list
 
         if targetFwhmPix is not None and referenceFwhmPix is not None:
             if targetFwhmPix > referenceFwhmPix:
@@ -188,7 +188,7 @@ class ImagePsfMatchTask(Task):
         return [np.asarray(k) for k in images]
 
     def _kernelSize(self, targetFwhmPix, referenceFwhmPix):
-        from ..kernel_basis import make_kernel_basis_list
+        from ..core.kernel_basis import make_kernel_basis_list
 
         images, _ = make_kernel_basis_list(self.kConfig, targetFwhmPix, referenceFwhmPix)
         return int(np.asarray(images).shape[-1])
@@ -216,12 +216,12 @@ class ImagePsfMatchTask(Task):
 
         Notes
         -----
-        A compact detector (:func:`jaxdiff.sources.detect_sources`): binned-median background,
+        A compact detector (:func:`jaxdiff.core.sources.detect_sources`): binned-median background,
         Gaussian smoothing, ``selectDetection.thresholdValue`` times the clipped standard deviation
         of the smoothed image, local maxima, quadratic sub-pixel centroid, PSF flux. Pixels in
         ``selectDetection.statsMask`` planes are excluded.
         """
-        from ..sources import detect_sources_banded, sources_to_table
+        from ..core.sources import detect_sources_banded, sources_to_table
         from ._exposure import mask_bits
 
         if sigma is None:
@@ -377,7 +377,7 @@ class ImagePsfMatchTask(Task):
             (:class:`SpatialKernel`), ``backgroundModel`` (:class:`BackgroundModel`; not added to the
             matched image) and ``kernelCellSet`` (:class:`KernelCellSet`).
         """
-        from ..image import Exposure
+        from ..image.image import Exposure
 
         if templateMaskedImage.getDimensions() != scienceMaskedImage.getDimensions():
             raise RuntimeError(
@@ -406,8 +406,8 @@ class ImagePsfMatchTask(Task):
         )
 
     def _solveAndConvolve(self, templateMI, scienceMI, candidateList, templateFwhmPix, scienceFwhmPix):
-        from ..convolve import spatially_varying_convolve_masked_image
-        from ..image import Exposure, Image, Mask, MaskedImage
+        from ..core.convolve import spatially_varying_convolve_masked_image
+        from ..image.image import Exposure, Image, Mask, MaskedImage
         from ._al import normalize_candidates, solve_psf_matching
 
         cands = normalize_candidates(candidateList)
@@ -493,7 +493,7 @@ class ImagePsfMatchTask(Task):
             template filter, no PSF; ``matchedExposure`` is LSST's alias), ``psfMatchingKernel``,
             ``backgroundModel``, ``kernelCellSet`` and ``warpedExposure`` (the registered template).
         """
-        from ..image import Exposure
+        from ..image.image import Exposure
 
         warped = self._registerTemplate(templateExposure, scienceExposure, doWarping)
         if templateFwhmPix is None:
@@ -541,7 +541,7 @@ class ImagePsfMatchTask(Task):
             ``decorrelationKernel``, ``scoreExposure`` (matched-filter significance) and
             ``undecorrelatedExposure`` are added.
         """
-        from ..image import Exposure
+        from ..image.image import Exposure
 
         if templateExposure.getPsf() is None or scienceExposure.getPsf() is None:
             if templateFwhmPix is None or scienceFwhmPix is None:
@@ -573,9 +573,9 @@ class ImagePsfMatchTask(Task):
         return res
 
     def _decorrelate(self, res, scienceExposure, warped, convolveTemplate):
-        from ..decorrelate import decorrelate, decorrelation_kernel, score_image
-        from ..image import Exposure, Image, Mask, MaskedImage
-        from ..psf import ImagePsf
+        from ..core.decorrelate import decorrelate, decorrelation_kernel, score_image
+        from ..image.image import Exposure, Image, MaskedImage
+        from ..image.psf import ImagePsf
         from ._exposure import kernel_array
 
         sub = res.subtractedExposure
@@ -633,7 +633,7 @@ class ImagePsfMatchTask(Task):
 
 def _meanVariance(exposure):
     """Clipped mean of the variance plane over unmasked finite pixels (DMTN-021's sigma^2)."""
-    from ..stats import clipped_stats
+    from ..core.stats import clipped_stats
 
     v = np.asarray(exposure.variance.array, np.float64)
     m = np.asarray(exposure.mask.array)

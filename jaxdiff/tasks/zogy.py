@@ -1,7 +1,7 @@
 """ZOGY proper image subtraction tasks: ``ZogyTask`` and ``ZogyImagePsfMatchTask`` (seed API).
 
-The numerical work is done by the pure core (:func:`jaxdiff.zogy.zogy` and
-:func:`jaxdiff.zogy_grid.zogy_grid`); these classes only convert Exposures to arrays, apply the
+The numerical work is done by the pure core (:func:`jaxdiff.core.zogy.zogy` and
+:func:`jaxdiff.core.zogy_grid.zogy_grid`); these classes only convert Exposures to arrays, apply the
 configuration, call the jitted core once, and wrap the arrays back into Exposures.
 
 Conventions (Zackay, Ofek & Gal-Yam 2016, "ZOGY"): the difference is ``science - template``
@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..image import Exposure, Image, Mask, MaskedImage, PhotoCalib
-from ..psf import GridPsf, ImagePsf
-from ..stats import clipped_stats, robust_std
+from ..core.stats import clipped_stats, robust_std
+from ..image.image import Exposure, Image, Mask, MaskedImage, PhotoCalib
+from ..image.psf import GridPsf, ImagePsf
 from ._base import Struct, Task, timeMethod
 from ._exposure import check_exposure, kernel_array, mask_bits, psf_centroid
 from .config import ZogyConfig, ZogyImagePsfMatchConfig
@@ -174,7 +174,7 @@ class ZogyTask(Task):
 
     def _fitFluxRatioShift(self, p1, p2, psf1, psf2):
         """Fit beta = F_n/F_r and/or the science-template shift; update ``p1``/``p2`` in place."""
-        from ..zogy_fit import fit_flux_ratio_shift, fourier_shift
+        from ..core.zogy_fit import fit_flux_ratio_shift, fourier_shift
 
         cfg = self.config
         noise1 = clipped_stats(p1.variance, p1.good).mean
@@ -288,7 +288,7 @@ class ZogyTask(Task):
 
         fitted = self._fitFluxRatioShift(p1, p2, p1c, p2c) if (cfg.doFitFluxRatio or cfg.doFitShift) else {}
 
-        from ..zogy_grid import cell_noise_variances, zogy_cells
+        from ..core.zogy_grid import cell_noise_variances, zogy_cells
 
         if (ny, nx) == (1, 1) and not fitted:  # the clipped variance mean of _prepare is that cell's
             noise1, noise2 = p1.noise.reshape(1, 1), p2.noise.reshape(1, 1)

@@ -1,7 +1,7 @@
 """Independent float64 numpy ZOGY (Zackay, Ofek & Gal-Yam 2016), used only as a test oracle.
 
 Written straight from the paper / ip_diffim formulas with full complex ``fft2``; it shares
-no code with ``jaxdiff``.  Padding convention (must match ``jaxdiff.zogy.zogy``): the image
+no code with ``jaxdiff``.  Padding convention (must match ``jaxdiff.core.zogy.zogy``): the image
 sits at offset ``(fft - n) // 2`` of the FFT grid, extended by ``numpy.pad(mode=pad_mode)``;
 with ``"constant"`` images get zeros and variance maps the scalar noise level.  PSFs are
 normalised to sum 1 and their centre pixel ``k // 2`` is placed at index 0 (wrap-around).
@@ -10,7 +10,7 @@ normalised to sum 1 and their centre pixel ``k // 2`` is placed at index 0 (wrap
 import numpy as np
 
 TINY = 100 * np.finfo(np.float64).tiny
-#: The floor added to both normalised PSF transforms (jaxdiff.zogy.PSF_TRANSFORM_FLOOR, restated).
+#: The floor added to both normalised PSF transforms (jaxdiff.core.zogy.PSF_TRANSFORM_FLOOR, restated).
 PSF_FLOOR = 1e-12
 
 
@@ -25,7 +25,7 @@ def _origin_indices(k, n):
 def zogy_reference(new, ref, new_psf, ref_psf, new_var, ref_var, *, new_noise_var, ref_noise_var,
                    f_new=1.0, f_ref=1.0, sigma_new=(0.0, 0.0), sigma_ref=(0.0, 0.0), fft_shape,
                    pad_mode="reflect"):  # fmt: skip
-    """Return a dict with the fields of ``jaxdiff.zogy.ZogyResult`` (all float64 numpy)."""
+    """Return a dict with the fields of ``jaxdiff.core.zogy.ZogyResult`` (all float64 numpy)."""
     new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
     (h, w), (fh, fw) = new.shape, fft_shape
     y0, x0 = (fh - h) // 2, (fw - w) // 2
@@ -63,7 +63,7 @@ def zogy_reference(new, ref, new_psf, ref_psf, new_var, ref_var, *, new_noise_va
     a1, a2 = new_noise_var * f_ref**2, ref_noise_var * f_new**2
     fd_denom = np.sqrt(a1 + a2)
     F_D = f_new * f_ref / fd_denom
-    # documented rule (jaxdiff.zogy, "Undetermined frequencies"): both transforms get the floor
+    # documented rule (jaxdiff.core.zogy, "Undetermined frequencies"): both transforms get the floor
     # TAU added before the ratios; where both are below it D is the plain scaled difference
     Qn, Qr = Pn + PSF_FLOOR, Pr + PSF_FLOOR
     s_den = a1 * np.abs(Qr) ** 2 + a2 * np.abs(Qn) ** 2  # eq. 12-13 denominator

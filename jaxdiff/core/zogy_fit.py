@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._fft import fast_fft_shape, psf_to_otf
+from .fft import fast_fft_shape, psf_to_otf
 from .stats import masked_median
 
 __all__ = ["FluxShiftFit", "fit_flux_ratio_shift", "fourier_shift"]

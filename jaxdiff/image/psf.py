@@ -12,7 +12,7 @@ Every model follows the ``lsst.afw.detection.Psf`` calls that ip_diffim uses:
 
 The models are JAX pytrees: their numeric parameters (Gaussian sigma, kernel arrays) are leaves,
 so an :class:`~jaxdiff.image.Exposure` carrying one can go through ``jit``/``vmap`` and PSF
-parameters can be differentiated (through :func:`jaxdiff.psf.gaussian_kernel_array`).
+parameters can be differentiated (through :func:`jaxdiff.image.psf.gaussian_kernel_array`).
 """
 
 import jax

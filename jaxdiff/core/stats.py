@@ -12,9 +12,8 @@ vmapped (one value per cell of a grid).  Quantiles use linear interpolation betw
 statistics (numpy's default), as afw does.
 """
 
-from typing import NamedTuple
-
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

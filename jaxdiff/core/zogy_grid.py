@@ -3,7 +3,7 @@
 The image is tiled by ``ny x nx`` inner cells of one shape ``(ch, cw)`` (the last row/column may
 reach past the image; those pixels are dropped).  Each cell is processed on an outer box of
 ``border`` extra real pixels per side (reflected at the image edges), with the PSFs and noise
-levels of that cell, by the single-cell core :func:`jaxdiff.zogy.zogy`; the inner boxes are pasted
+levels of that cell, by the single-cell core :func:`jaxdiff.core.zogy.zogy`; the inner boxes are pasted
 back.  Because every outer box has the same shape, all cells go through one compiled function,
 mapped over the cell axis in batches (``jax.lax.map(..., batch_size=...)``, a vmap of
 ``batch_size`` cells at a time, which bounds memory).
@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._fft import fast_fft_shape
+from .fft import fast_fft_shape
 from .stats import clipped_stats
 from .zogy import zogy
 
@@ -27,7 +27,7 @@ __all__ = ["CellResult", "cell_noise_variances", "zogy_cells"]
 
 
 class CellResult(NamedTuple):
-    """Stitched outputs of :func:`zogy_cells` (fields as :class:`jaxdiff.zogy.ZogyResult`).
+    """Stitched outputs of :func:`zogy_cells` (fields as :class:`jaxdiff.core.zogy.ZogyResult`).
 
     ``difference_psf`` and ``score_psf`` are stacks ``(ny, nx, Kh, Kw)``, one per cell;
     ``flux_zero_point`` and ``n_degenerate`` are ``(ny, nx)``.
@@ -118,8 +118,8 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
     Notes
     -----
     JAX: one compilation per (image shape, PSF shapes, ``cell_shape``, ``border``,
-    ``calculate_score``, dtype).  Differentiable like :func:`jaxdiff.zogy.zogy`.  With a single
-    cell (``ny = nx = 1``) it is exactly :func:`jaxdiff.zogy.zogy` on an FFT grid of the image plus
+    ``calculate_score``, dtype).  Differentiable like :func:`jaxdiff.core.zogy.zogy`.  With a single
+    cell (``ny = nx = 1``) it is exactly :func:`jaxdiff.core.zogy.zogy` on an FFT grid of the image plus
     ``border`` per side.
     """
     ny, nx = new_psfs.shape[:2]

@@ -54,7 +54,7 @@ def _log(msg):
 
 def _detect(scoreCorrExposure, threshold, max_peaks=50):
     """Positive and negative peaks of S_corr above ``threshold`` sigma, strongest first."""
-    from .detection import find_peaks, peaks_to_table
+    from ..core.detection import find_peaks, peaks_to_table
 
     arr = scoreCorrExposure.image.array
     mask = scoreCorrExposure.mask
@@ -119,7 +119,7 @@ def _panel(path, science, template, diff, scorr, detections, title,
 def _run_zogy(science, template, *, normalize, scale_variance, grid=False):
     import jax
 
-    from .tasks import ZogyImagePsfMatchTask
+    from ..tasks import ZogyImagePsfMatchTask
 
     task = ZogyImagePsfMatchTask()
     zc = task.config.zogyConfig
@@ -145,7 +145,7 @@ def _write_outputs(outdir, stem, res):
 def demo_simulated(outdir, *, size, seed, threshold):
     import jax
 
-    from .sim import simulate_pair
+    from ..testing.sim import simulate_pair
 
     _log(f"[sim] simulating a {size}x{size} star field with 10 transients (seed {seed}) ...")
     pair = simulate_pair(
@@ -169,8 +169,8 @@ def demo_simulated(outdir, *, size, seed, threshold):
 
 def load_nircam_pair(datadir):
     """The JWST NIRCam F200W pair of ``shared/data`` as Exposures (noise maps, WebbPSF models)."""
-    from .fits import exposureFromFits, readImageArray
-    from .psf import ImagePsf
+    from ..image.fits import exposureFromFits, readImageArray
+    from ..image.psf import ImagePsf
 
     d = Path(datadir) / NIRCAM_DIR
     exps = []
@@ -209,7 +209,7 @@ def _run_al(science, template, *, fit_background, decorrelate, spatial_order=Non
     """``ImagePsfMatchTask.subtractExposures(template, science)``; returns (task, result, seconds)."""
     import jax
 
-    from .tasks import ImagePsfMatchTask
+    from ..tasks import ImagePsfMatchTask
 
     config = ImagePsfMatchTask.ConfigClass()
     kconfig = config.kernel.active
@@ -290,8 +290,8 @@ def _normalize_score(scoreExposure):
 
 
 def demo_simulated_al(outdir, *, size, seed, threshold):
-    from .sim import simulate_pair
-    from .tasks.errors import AlgorithmError
+    from ..tasks.errors import AlgorithmError
+    from ..testing.sim import simulate_pair
 
     _log(f"[sim-al] simulating a {size}x{size} star field with 10 transients (seed {seed}): science PSF sigma 2.2 "
          "+-10% across the field, template 1.5; flux ratio 1.1; sky offset 10 counts ...")
@@ -338,7 +338,7 @@ def demo_simulated_al(outdir, *, size, seed, threshold):
 
 
 def demo_nircam_al(outdir, datadir, *, threshold):
-    from .tasks.errors import AlgorithmError
+    from ..tasks.errors import AlgorithmError
 
     _log(f"[nircam-al] JWST NIRCam F200W Abell 2744 pair from {Path(datadir) / NIRCAM_DIR}")
     science, template = load_nircam_pair(datadir)
@@ -411,8 +411,8 @@ def _add_input_options(parser):
 
 def _load_input(args, which):
     """The ``which`` ("science"/"template") Exposure from the command line, with its PSF."""
-    from .fits import exposureFromFits, readExposure, readImageArray
-    from .psf import FWHM_PER_SIGMA, GaussianPsf, ImagePsf
+    from ..image.fits import exposureFromFits, readExposure, readImageArray
+    from ..image.psf import FWHM_PER_SIGMA, GaussianPsf, ImagePsf
 
     path = getattr(args, which)
     noise = getattr(args, f"{which}_noise")
@@ -464,7 +464,7 @@ def _cmd_zogy(args):
 
 
 def _cmd_al(args):
-    from .tasks.errors import AlgorithmError
+    from ..tasks.errors import AlgorithmError
 
     science = _load_input(args, "science")
     template = _load_input(args, "template")

@@ -1,6 +1,6 @@
 """Gradient-based sub-pixel alignment of a template to a science image.
 
-After a WCS-based warp (:func:`jaxdiff.warp.warp_exposure`) small residual misalignments remain
+After a WCS-based warp (:func:`jaxdiff.image.warp.warp_exposure`) small residual misalignments remain
 (astrometric errors of a few hundredths of a pixel to a few tenths).  This module fits a small
 affine correction -- shift, rotation and (optionally) scale about the image centre -- by
 minimising the noise-weighted squared difference between the science image and the resampled
@@ -25,7 +25,7 @@ effective PSF without changing the relative position.
 The resampling kernel matters at the 0.01 px level: afw-style normalised ``"lanczos3"`` moves
 centroids by up to 0.02 px for some sub-pixel phases (it does not reproduce linear ramps),
 which can bias the fitted shift (by less than that for well-sampled stars: ~0.002 px for
-FWHM 3 px in the tests); ``kernel="lanczos3_linear"`` (see :mod:`jaxdiff.warp`) removes the
+FWHM 3 px in the tests); ``kernel="lanczos3_linear"`` (see :mod:`jaxdiff.image.warp`) removes the
 linear-reproduction error and is recommended for precise alignment.
 """
 
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .warp import _resample, _resample_variance, _support_mask, kernel_half_width
+from .resample import _resample, _resample_variance, _support_mask, kernel_half_width
 
 __all__ = ["AlignmentResult", "affine_coordinates", "alignment_loss", "refine_alignment"]
 
@@ -93,7 +93,7 @@ def affine_coordinates(shape, params):
     -------
     x_src, y_src : jax.Array, shape (H, W)
         ``u = c + exp(log_scale) R(rotation) (p - c) + (dx, dy)`` for every science pixel ``p``,
-        ready for :func:`jaxdiff.warp.resample`.
+        ready for :func:`jaxdiff.core.resample.resample`.
 
     Notes
     -----
@@ -142,7 +142,7 @@ def alignment_loss(params, science, template, science_var, template_var, *, kern
     jax.Array, scalar
         ``mean((science - resample(template, u))^2 / (var_s + resample_variance(var_t, u)))``
         over the science pixels whose kernel footprint lies fully inside the template
-        (:func:`jaxdiff.warp.support_mask`); about 1 at the optimum for pure noise.
+        (:func:`jaxdiff.core.resample.support_mask`); about 1 at the optimum for pure noise.
 
     Notes
     -----

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int
 
-from ._fft import (
+from .fft import (
     centered_dft_matrix,
     crop_center_origin,
     fast_fft_shape,
@@ -189,7 +189,7 @@ def zogy(
     fft_shape : (int, int), optional, keyword-only
         FFT grid, >= the image shape.  Default :func:`default_fft_shape`: image plus a
         border of the largest PSF stamp dimension per side, rounded up by
-        :func:`~jaxdiff._fft.fast_fft_shape`.
+        :func:`~jaxdiff.core.fft.fast_fft_shape`.
     calculate_score : bool, keyword-only
         Compute the score fields (default True); else they are ``None``.
     kernel_mode : {"auto", "box", "full"}, keyword-only
@@ -267,7 +267,7 @@ def zogy(
     Examples
     --------
     >>> import numpy as np
-    >>> from jaxdiff._psf_images import gaussian_psf_image
+    >>> from jaxdiff.core.psf_images import gaussian_psf_image
     >>> rng = np.random.default_rng(0)
     >>> n, r = rng.normal(size=(2, 32, 32))
     >>> psf = gaussian_psf_image(1.0, (11, 11))
@@ -380,7 +380,7 @@ def precise_otf(
 ) -> Complex[Array, "H Wr"]:
     """Half-plane transfer function of a centred PSF stamp normalised to sum 1, to float64 accuracy.
 
-    Equals ``psf_to_otf(p, grid) / sum(p)`` (:func:`~jaxdiff._fft.psf_to_otf`) for the stamp
+    Equals ``psf_to_otf(p, grid) / sum(p)`` (:func:`~jaxdiff.core.fft.psf_to_otf`) for the stamp
     ``p = psf + psf_lo`` mathematically, and is that in float64.  In float32 the values come
     from a float64 computation on the host (``jax.pure_callback``: stamp-sized input, one
     pruned FFT, the normalisation included) and are stored as complex64, so each value

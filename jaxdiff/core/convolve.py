@@ -17,7 +17,7 @@ Functions
   (``lax.conv_general_dilated``) or real-FFT evaluation, chosen by a calibrated cost model.
 * :func:`spatially_varying_correlate`, :func:`spatially_varying_correlate_variance`: a
   linear-combination kernel ``K(X, Y) = sum_s phi_s(X, Y) K_s`` with afw spatial functions
-  ``phi_s`` (:mod:`jaxdiff.spatial`), applied exactly per pixel.
+  ``phi_s`` (:mod:`jaxdiff.core.spatial`), applied exactly per pixel.
 * :func:`grow_mask`: bitwise OR of a mask over a kernel footprint.
 * :func:`convolve_masked_image`, :func:`spatially_varying_convolve_masked_image`: afw
   ``convolve(out, in, kernel, ConvolutionControl(doNormalize=False, doCopyEdge=False))`` on an
@@ -37,7 +37,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._fft import fast_fft_shape, psf_to_otf
+from .fft import fast_fft_shape, psf_to_otf
 from .spatial import SPATIAL_MODELS, SpatialRange, n_spatial_terms, spatial_exponents
 
 __all__ = [
@@ -425,7 +425,7 @@ def correlate_same(
 def _axis_table(coord, order, model, lo, hi):
     """``(n, order + 1)`` table of ``T_k(coord')`` (chebyshev1, mapped from ``[lo, hi]``) or ``coord**k``.
 
-    Same mapping and recurrence as :func:`jaxdiff.spatial.spatial_basis`, one axis at a time.
+    Same mapping and recurrence as :func:`jaxdiff.core.spatial.spatial_basis`, one axis at a time.
     """
     if model == "chebyshev1":
         t = (coord - 0.5 * (lo + hi)) * (2.0 / (hi - lo))

@@ -52,6 +52,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from . import image as _image_module
 from .image import (
     DEFAULT_MASK_PLANES,
     MASK_DTYPE,
@@ -347,7 +348,7 @@ def writeExposure(exposure, path, *, overwrite=True):
 
     Notes
     -----
-    The layout and header conventions are described in the :mod:`jaxdiff.fits` docstring.  On
+    The layout and header conventions are described in the :mod:`jaxdiff.image.fits` docstring.  On
     any error the temporary file is removed and an existing target is left untouched.
     """
     if not isinstance(exposure, Exposure):
@@ -630,3 +631,6 @@ def exposureFromFits(
     metadata = _clean_header(header)
     wcs = _wcs_from_header(header)
     return Exposure(mi, psf=psf, wcs=wcs, photoCalib=photoCalib, metadata=metadata)
+
+
+_image_module._FITS_IO.update(read=readExposure, write=writeExposure)

@@ -34,6 +34,11 @@ __all__ = [
     "DEFAULT_MASK_PLANES",
 ]
 
+#: FITS readers/writers used by :meth:`Exposure.readFits` / :meth:`Exposure.writeFits`.  The FITS
+#: module registers them when it is imported (``jaxdiff.image`` imports it), so this module does
+#: not import the FITS module back (no import cycle).
+_FITS_IO = {}
+
 #: afw's default mask-plane dictionary (``src/image/detail/MaskDict.cc``): name -> bit index.
 DEFAULT_MASK_PLANES = {
     "BAD": 0,
@@ -824,10 +829,10 @@ class Exposure:
     maskedImage : MaskedImage, Image or array_like
         The pixels; a bare array becomes the image plane (mask 0, variance 0).
     psf : PSF model, optional
-        Any object with ``computeKernelImage(position)`` (see :mod:`jaxdiff.psf`).
+        Any object with ``computeKernelImage(position)`` (see :mod:`jaxdiff.image.psf`).
     wcs : astropy.wcs.WCS, optional
         Celestial WCS of the PARENT pixel grid.  (FITS headers count pixels from 1 and from the
-        array origin; :mod:`jaxdiff.fits` handles the ``xy0`` offset on read and write.)
+        array origin; :mod:`jaxdiff.image.fits` handles the ``xy0`` offset on read and write.)
     photoCalib : PhotoCalib, optional
     filterLabel : FilterLabel, optional
     metadata : astropy.io.fits.Header or dict, optional
@@ -1027,16 +1032,12 @@ class Exposure:
 
     @classmethod
     def readFits(cls, path):
-        """Read an Exposure written in LSST's multi-extension layout (see :mod:`jaxdiff.fits`)."""
-        from .fits import readExposure
-
-        return readExposure(path)
+        """Read an Exposure written in LSST's multi-extension layout (see :mod:`jaxdiff.image.fits`)."""
+        return _FITS_IO["read"](path)
 
     def writeFits(self, path):
-        """Write this Exposure atomically in LSST's multi-extension layout (see :mod:`jaxdiff.fits`)."""
-        from .fits import writeExposure
-
-        writeExposure(self, path)
+        """Write this Exposure atomically in LSST's multi-extension layout (see :mod:`jaxdiff.image.fits`)."""
+        _FITS_IO["write"](self, path)
 
     def __repr__(self):
         return (

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._fft import crop_center_origin, fast_fft_shape, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
+from .fft import crop_center_origin, fast_fft_shape, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
 from .stats import clipped_stats
 
 __all__ = [
@@ -96,7 +96,7 @@ def _float_dtype(*arrays):
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     if dtype not in (jnp.float32, jnp.float64):
-        msg = f"jaxdiff.decorrelate supports float32 and float64, got {dtype}"
+        msg = f"jaxdiff.core.decorrelate supports float32 and float64, got {dtype}"
         raise ValueError(msg)
     return dtype
 
@@ -231,7 +231,7 @@ def decorrelation_kernel_ft(
     sqrt(1 + σ_T² κ_sum² / σ_I²) (ip_diffim warns when σ_T² / σ_I² > 1e8).
 
     **JAX**: ``fft_shape`` and the kernel shape are static; differentiable in the kernel and the
-    two variances.  κ̂ is a separable DFT of the stamp (:func:`~jaxdiff._fft.psf_to_otf`).
+    two variances.  κ̂ is a separable DFT of the stamp (:func:`~jaxdiff.core.fft.psf_to_otf`).
 
     References
     ----------

@@ -112,7 +112,7 @@ class FitBasis(NamedTuple):
 
 
 def make_fit_basis(images, separable=None, *, dtype=None) -> FitBasis:
-    """Wrap basis images (and optionally a :class:`jaxdiff.kernel_basis.SeparableBasis`) for the fit.
+    """Wrap basis images (and optionally a :class:`jaxdiff.core.kernel_basis.SeparableBasis`) for the fit.
 
     The separable factors are checked against the images (they must reproduce them to 1e-10 of
     the largest pixel) so that the fast path can never silently fit a different basis.
