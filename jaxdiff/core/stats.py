@@ -115,9 +115,11 @@ def _masked_quantiles(values, valid, qs):
         s = jnp.sort(jnp.where(ok, flat, jnp.finfo(flat.dtype).max))
         s_lo, s_hi = s[jnp.stack(lo)], s[jnp.stack(hi)]
     out = []
-    for i, (p, l) in enumerate(zip(pos, lo)):
+    for i, (p, l) in enumerate(zip(pos, lo, strict=True)):
         frac = (p - l).astype(flat.dtype)
-        out.append(s_lo[i] * (1 - frac) + s_hi[i] * frac)
+        # numpy's lerp: exact at both ends and wherever s_lo == s_hi (ties give the tied value)
+        step = s_hi[i] - s_lo[i]
+        out.append(jnp.where(frac < 0.5, s_lo[i] + step * frac, s_hi[i] - step * (1 - frac)))
     return out, n
 
 
@@ -145,6 +147,24 @@ def clipped_stats(values, valid=None, *, n_sigma=3.0, n_iter=3):
 
     Notes
     -----
+    Ties and zero spread.  A sample whose values are all equal (a constant variance plane, or
+    one scaled by a calibration factor) has that value as its mean and zero variance, and a
+    dominant repeated value is kept by the clip, as afw does.  Two details make this hold in
+    floating point, whatever XLA fuses around the call:
+
+    * the clip half-width is never below ``2 eps |center|`` (2 to 4 ulps of the centre).  With
+      a zero interquartile range or a zero variance the window would otherwise be empty unless
+      ``|x - center|`` is exactly 0, and it need not be: when the values are computed in the
+      same program (``variance * scale**2``), XLA:CPU may evaluate ``v * c - center`` as one
+      fused multiply-add, without rounding the product, and it then differs from the median of
+      the rounded values by the rounding error of the product (a fraction of an ulp).  Values
+      within the floor are kept although afw, in exact arithmetic, would reject those a few
+      ulps from the centre: the mean and variance differ from afw's by a few ulps at most;
+    * sums are taken over deviations from the current centre,
+      ``mean = center + sum(x - center) / n``, which is exact for values equal to the centre
+      (``sum(x) / n`` of n equal values is not, for most n and values; in float32 the
+      variance of a constant plane of 1e8 came out as 64).
+
     JAX: pure and jit/vmap compatible; ``n_iter`` is static.  Not meant to be differentiated
     (the clip masks are discrete).
     """
@@ -152,25 +172,26 @@ def clipped_stats(values, valid=None, *, n_sigma=3.0, n_iter=3):
     if valid is None:
         valid = jnp.isfinite(values)
     valid = valid & jnp.isfinite(values)
-    x = jnp.where(valid, values, 0)
     (q25, q50, q75), _ = _masked_quantiles(values, valid, (0.25, 0.5, 0.75))
+    dtype = values.dtype
+    eps2 = 2 * jnp.finfo(dtype).eps
     center = q50
-    half = n_sigma * IQR_TO_SIGMA * (q75 - q25)
+    half = jnp.maximum(n_sigma * IQR_TO_SIGMA * (q75 - q25), eps2 * jnp.abs(center))
     mean = center
-    var = jnp.asarray(jnp.nan, values.dtype)
+    var = jnp.asarray(jnp.nan, dtype)
     n = jnp.sum(valid)
     for _ in range(n_iter):
-        keep = valid & (jnp.abs(values - center) <= half)
+        dev = jnp.where(valid, values - center, 0)  # exact (Sterbenz) for values near the centre
+        keep = valid & (jnp.abs(dev) <= half)
         n = jnp.sum(keep)
-        nf = n.astype(values.dtype)
-        n_safe = jnp.where(n > 0, nf, 1)
-        mean = jnp.sum(jnp.where(keep, x, 0)) / n_safe
-        dev = jnp.where(keep, x - mean, 0)
-        var = jnp.sum(dev * dev) / jnp.where(n > 1, nf - 1, 1)
-        mean = jnp.where(n > 0, mean, jnp.nan)
+        nf = n.astype(dtype)
+        shift = jnp.sum(jnp.where(keep, dev, 0)) / jnp.where(n > 0, nf, 1)
+        resid = jnp.where(keep, dev - shift, 0)
+        var = jnp.sum(resid * resid) / jnp.where(n > 1, nf - 1, 1)
+        mean = jnp.where(n > 0, center + shift, jnp.nan)
         var = jnp.where(n > 1, var, jnp.nan)
         center = mean
-        half = n_sigma * jnp.sqrt(var)
+        half = jnp.maximum(n_sigma * jnp.sqrt(var), eps2 * jnp.abs(center))
     return ClippedStats(mean, var, q50, n)
 
 

@@ -133,7 +133,7 @@ def normalize_candidates(candidateList):
             if col not in candidateList.colnames:
                 raise ValueError(f"candidate table needs 'x' and 'y' columns (PARENT pixels); it has {candidateList.colnames}")
         ids = candidateList["id"] if "id" in candidateList.colnames else range(1, len(candidateList) + 1)
-        return [(CandidateSource(x, y, int(i)), None) for x, y, i in zip(candidateList["x"], candidateList["y"], ids)]
+        return [(CandidateSource(x, y, int(i)), None) for x, y, i in zip(candidateList["x"], candidateList["y"], ids, strict=True)]
     out = []
     kinds = set()
     for i, item in enumerate(candidateList):
@@ -423,7 +423,7 @@ class BackgroundModel:
         gy = {j: ty[:, coly[j]] for j in range(order + 1)}
         norm = tx[0, colx[0]] if tx.shape[0] else 1.0
         out = np.zeros((ys.size, xs.size), dtype=dtype)
-        for c, (i, j) in zip(self.coeffs, exps):
+        for c, (i, j) in zip(self.coeffs, exps, strict=False):
             if c == 0:
                 continue
             out += (c / (gx0 * norm)) * np.outer(gy[j] * 1.0, fx[i]).astype(dtype)
@@ -481,7 +481,7 @@ class StampSet:
             valid = np.zeros(nb, bool)
             valid[: len(idx)] = True
 
-            def cut(a, fill=None):
+            def cut(a, fill=None, shape=shape, rows=rows, cols=cols, valid=valid):
                 st = np.lib.stride_tricks.sliding_window_view(a, shape)[rows, cols]
                 if fill is not None:
                     st = np.where(valid[:, None, None], st, fill)
@@ -682,9 +682,10 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
     stamps = StampSet(*planes, bad, boxes, xy0, np.dtype(dtype))
     del bad
     ratings = candidate_ratings(stamps, int(kConfig.candidateCoreRadius))
-    cells = np.array([cell_index(x, y, bbox, kConfig.sizeCellX, kConfig.sizeCellY) for x, y in zip(xs, ys)])
+    cells = np.array([cell_index(x, y, bbox, kConfig.sizeCellX, kConfig.sizeCellY)
+                      for x, y in zip(xs, ys, strict=True)])
     cellSet = KernelCellSet(bbox, int(kConfig.sizeCellX), int(kConfig.sizeCellY))
-    for i, ((src, box), r, c) in enumerate(zip(candidates, ratings, cells)):
+    for i, ((src, box), r, c) in enumerate(zip(candidates, ratings, cells, strict=False)):
         cid = src.getId() if hasattr(src, "getId") else i + 1
         cellSet.candidates.append(KernelCandidate(int(cid), xs[i], ys[i], box, int(c), float(r)))
 
@@ -692,7 +693,7 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
     basis = kf.make_fit_basis(basisImages, separable, dtype=dtype)
     reg, lam, relative = _regularization(kConfig, width)
     orig = fit_all(stamps, basis, kConfig, reg, lam, relative)
-    for c, k, b, m, r in zip(cellSet.candidates, orig.ksum, orig.background, orig.mean, orig.rms):
+    for c, k, b, m, r in zip(cellSet.candidates, orig.ksum, orig.background, orig.mean, orig.rms, strict=False):
         c.kernelSum, c.background, c.residualMean, c.residualRms = float(k), float(b), float(m), float(r)
 
     n = len(candidates)
@@ -763,7 +764,7 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
                 "lower the detection threshold, or supply more candidates.",
                 metadata={"nSources": nUsed, "nRequired": nKt},
             )
-        for c, u in zip(cellSet.candidates, chosen):
+        for c, u in zip(cellSet.candidates, chosen, strict=False):
             c.usedInSpatialFit = bool(u)
         use = np.nonzero(chosen)[0]  # only the visited candidates enter (padded to a bucket)
         nbk = _bucket(use.size)

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "AlgorithmError",
+    "ImageStatisticsError",
     "InsufficientKernelSourcesError",
     "NoKernelCandidatesError",
     "PsfMatchingError",
@@ -98,3 +99,75 @@ class ZogyNumericalError(AlgorithmError):
         "ZOGY produced non-finite or degenerate results. Check that the PSFs are normalised and "
         "centred, the variance planes are positive and finite, and the images are registered."
     )
+
+
+class ImageStatisticsError(AlgorithmError):
+    """A statistic of one plane of one image could not be computed (e.g. too few usable pixels).
+
+    Raised by the tasks after their jitted computations, instead of letting a NaN noise level,
+    fill value, background or normalisation factor reach an output.
+
+    Parameters
+    ----------
+    message : `str`, optional
+        Replaces the generated message.
+    image : `str`
+        Which image: ``"science"``, ``"template"``, ``"difference"``, ``"score"``.
+    plane : `str`
+        Which plane: ``"image"`` or ``"variance"``.
+    statistic : `str`
+        What was being computed (e.g. ``"clipped mean (noise level)"``).
+    value : `float`, optional
+        The value obtained (NaN, 0, ...).
+    nUsable : `int`, optional
+        Number of pixels the statistic could use.
+    hint : `str`, optional
+        How to fix the input; a generic hint is used if omitted.
+    metadata : `dict`, optional
+        As for `AlgorithmError`; ``image``, ``plane``, ``statistic``, ``value`` and ``nUsable`` are
+        added.
+
+    Attributes
+    ----------
+    image, plane, statistic : `str`
+        The constructor's arguments.
+    hint : `str` or `None`
+        The hint in the message.
+    """
+
+    defaultMessage = "A statistic of an input image could not be computed."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        image: str,
+        plane: str,
+        statistic: str,
+        value: float | None = None,
+        nUsable: int | None = None,
+        hint: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.image, self.plane, self.statistic = str(image), str(plane), str(statistic)
+        metadata = dict(metadata or {})
+        metadata.update(image=self.image, plane=self.plane, statistic=self.statistic)
+        if value is not None:
+            metadata["value"] = float(value)
+        if nUsable is not None:
+            metadata["nUsable"] = int(nUsable)
+        if message is None:
+            found = []
+            if value is not None:
+                found.append(f"got {float(value)!r}")
+            if nUsable is not None:
+                found.append(f"{int(nUsable)} usable pixel{'' if int(nUsable) == 1 else 's'}")
+            found = f" ({', '.join(found)})" if found else ""
+            hint = hint or (
+                "Check that the plane has enough finite pixels (positive ones for a variance plane) "
+                "outside the masked planes, or mask fewer planes."
+            )
+            what = f"the {self.statistic} of the {self.image} {self.plane} plane"
+            message = f"Cannot compute {what}{found}. {hint}"
+        self.hint = hint
+        super().__init__(message, metadata=metadata)

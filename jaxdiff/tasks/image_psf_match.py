@@ -35,7 +35,7 @@ from ..image.psf import FWHM_PER_SIGMA
 from ._base import Struct, Task, timeMethod
 from ._exposure import wcs_mismatch_pixels
 from .config import ImagePsfMatchConfig
-from .errors import NoKernelCandidatesError
+from .errors import ImageStatisticsError, NoKernelCandidatesError
 
 __all__ = ["ImagePsfMatchTask", "NOT_REGISTERED_MESSAGE"]
 
@@ -214,6 +214,14 @@ class ImagePsfMatchTask(Task):
             One row per source: ``id``, ``x``, ``y`` (PARENT centroid), ``peak_x``, ``peak_y``,
             ``flux`` (PSF flux above background), ``snr``, ``peak``; ``meta`` holds the threshold.
 
+        Raises
+        ------
+        ImageStatisticsError
+            The detection threshold cannot be computed: no pixel of the image plane is finite and
+            outside ``selectDetection.statsMask`` (and the smoothing edge).  The image is called
+            "detection" here; :meth:`makeCandidateList` and :meth:`matchMaskedImages` name it
+            ("template" or "science").
+
         Notes
         -----
         A compact detector (:func:`jaxdiff.core.sources.detect_sources`): binned-median background,
@@ -239,6 +247,21 @@ class ImagePsfMatchTask(Task):
             max_sources=int(self.config.maxSelectSources), do_smooth=bool(doSmooth),
         )
         table = sources_to_table(det, mi.getXY0())
+        threshold = float(table.meta["threshold"])
+        if not np.isfinite(threshold):
+            nUsable = int((~bad & np.isfinite(np.asarray(mi.image.array))).sum())
+            if len(table) == 0:
+                raise ImageStatisticsError(
+                    image="detection", plane="image",
+                    statistic="clipped standard deviation of the smoothed image (detection threshold)",
+                    value=threshold, nUsable=nUsable,
+                    hint=f"Too few finite pixels outside selectDetection.statsMask "
+                    f"({list(self.config.selectDetection.statsMask)}) and the image edges; fix the image "
+                    "or its mask, or pass a candidateList.",
+                )
+            # banded detection (large images): a band without usable pixels has no threshold
+            self.log.warning("Detection threshold undefined in part of the image (a band without usable "
+                             "pixels); %d sources found elsewhere", len(table))
         if idFactory is not None:
             table["id"] = [int(idFactory()) for _ in range(len(table))]
         self.metadata["selectSources.nSources"] = len(table)
@@ -274,6 +297,8 @@ class ImagePsfMatchTask(Task):
         ------
         NoKernelCandidatesError
             (a RuntimeError) if the list is empty or nothing survives.
+        ImageStatisticsError
+            Detection (``candidateList`` None) on an image without usable pixels for the threshold.
 
         Notes
         -----
@@ -286,7 +311,8 @@ class ImagePsfMatchTask(Task):
         detConfig = self.kConfig.detectionConfig
         if candidateList is None:
             detExposure = templateExposure if detConfig.detOnTemplate else scienceExposure
-            table = self.getSelectSources(detExposure)
+            detName = "template" if detConfig.detOnTemplate else "science"
+            table = _named(self.getSelectSources, detName, detExposure)
             cands = [(CandidateSource(r["x"], r["y"], int(r["id"]), r["flux"], r["snr"]), None) for r in table]
             if not cands:
                 raise NoKernelCandidatesError(
@@ -389,7 +415,7 @@ class ImagePsfMatchTask(Task):
             size = self._kernelSize(templateFwhmPix, scienceFwhmPix)
             tExp = Exposure(templateMaskedImage)
             sExp = Exposure(scienceMaskedImage)
-            sources = self.getSelectSources(tExp, sigma=sigma)
+            sources = _named(self.getSelectSources, "template", tExp, sigma=sigma)
             candidateList = self.makeCandidateList(tExp, sExp, size, candidateList=sources)
         if len(candidateList) == 0:
             raise NoKernelCandidatesError("Candidate list must be populated by makeCandidateList")
@@ -583,8 +609,9 @@ class ImagePsfMatchTask(Task):
         centre = sub.getBBox().getCenter()
         kimg = kernel.computeKernelImage(centre)
         convolved, other = (warped, scienceExposure) if convolveTemplate else (scienceExposure, warped)
-        varConvolved = _meanVariance(convolved)
-        varOther = _meanVariance(other)
+        names = ("template", "science") if convolveTemplate else ("science", "template")
+        varConvolved = _meanVariance(convolved, names[0])
+        varOther = _meanVariance(other, names[1])
         psfArr = kernel_array(sub.getPsf(), centre) if sub.getPsf() is not None else None
         dtype = jnp.result_type(float)
         mi = sub.getMaskedImage()
@@ -631,8 +658,23 @@ class ImagePsfMatchTask(Task):
         return res
 
 
-def _meanVariance(exposure):
-    """Clipped mean of the variance plane over unmasked finite pixels (DMTN-021's sigma^2)."""
+def _named(method, what, *args, **kwargs):
+    """``method(*args, **kwargs)``, an `ImageStatisticsError` re-raised with ``what`` as the image."""
+    try:
+        return method(*args, **kwargs)
+    except ImageStatisticsError as exc:
+        md = exc.metadata
+        raise ImageStatisticsError(image=what, plane=exc.plane, statistic=exc.statistic,
+                                   value=md.get("value"), nUsable=md.get("nUsable"), hint=exc.hint) from None
+
+
+def _meanVariance(exposure, what):
+    """Clipped mean of the variance plane over unmasked finite pixels (DMTN-021's sigma^2).
+
+    Falls back to all positive finite pixels when fewer than 10 are unmasked; raises
+    `ImageStatisticsError` (naming ``what``, "science" or "template") when the mean cannot be
+    computed (fewer than two usable pixels).
+    """
     from ..core.stats import clipped_stats
 
     v = np.asarray(exposure.variance.array, np.float64)
@@ -640,7 +682,16 @@ def _meanVariance(exposure):
     ok = np.isfinite(v) & (v > 0) & (m == 0)
     if ok.sum() < 10:
         ok = np.isfinite(v) & (v > 0)
-    return float(clipped_stats(jnp.asarray(v), jnp.asarray(ok)).mean)
+    mean = float(clipped_stats(jnp.asarray(v), jnp.asarray(ok)).mean)
+    if not (np.isfinite(mean) and mean > 0):
+        raise ImageStatisticsError(
+            image=what, plane="variance", statistic="clipped mean (decorrelation noise level)", value=mean,
+            nUsable=int(ok.sum()),
+            hint="The decorrelation needs at least two pixels with a positive finite variance; set the "
+            "variance plane (e.g. from gain and read noise with jaxdiff.exposureFromFits) or switch "
+            "doDecorrelation off.",
+        )
+    return mean
 
 
 def _checkMaskedImage(mi, what):

@@ -29,9 +29,17 @@ Deviations from LSST's ``ip_diffim`` (2021-2023 ``zogy.py``), each deliberate:
 * ``subtractExposures`` / ``subtractMaskedImages`` are inherited from :class:`ImagePsfMatchTask`
   and do the Alard-Lupton subtraction the seed documents for them (LSST's ZOGY task raised
   NotImplementedError).
-* Two optional noise calibrations, off by default for LSST parity: ``doScaleVariance`` rescales each
-  input variance plane to the measured pixel noise, and ``doNormalizeScore`` divides S_corr by its
-  robust standard deviation.
+* Two optional noise calibrations, off by default for LSST parity.  ``doScaleVariance`` rescales each
+  input variance plane to the measured pixel noise (the squared IQR-based standard deviation of
+  image / sqrt(variance) over sky pixels, the pixel-based estimate of LSST's ScaleVarianceTask) and
+  then the difference variance the same way (as LSST's later ``AlardLuptonSubtractTask`` does; the
+  propagated variance assumes white input noise, which resampled images do not have).
+  ``doNormalizeScore`` divides S_corr by its robust standard deviation and multiplies the variance
+  of S by its square, so that S / sqrt(var S) = S_corr still holds.  Every output variance plane
+  thus describes its image's noise after the calibrations applied.
+* A statistic that cannot be computed (too few usable pixels in an image or variance plane, all
+  masked, a zero variance plane) raises :class:`~jaxdiff.tasks.errors.ImageStatisticsError`, naming
+  the image and the plane, instead of reaching the outputs as NaN.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from ..image.psf import GridPsf, ImagePsf
 from ._base import Struct, Task, timeMethod
 from ._exposure import check_exposure, kernel_array, mask_bits, psf_centroid
 from .config import ZogyConfig, ZogyImagePsfMatchConfig
+from .errors import ImageStatisticsError
 from .image_psf_match import ImagePsfMatchTask
 
 __all__ = ["ZogyTask", "ZogyImagePsfMatchTask"]
@@ -63,6 +72,21 @@ def _grid_boxes(size, inner):
     return n, -(-size // n)  # ceil so that n cells of equal size cover the axis
 
 
+def _variance_scale(image, variance, usable, var_stats):
+    """Factor that makes ``variance`` describe the pixel noise of ``image`` (ScaleVarianceTask idea).
+
+    The squared robust (IQR) standard deviation of ``image / sqrt(variance)`` over sky pixels:
+    usable pixels whose variance is not raised by source photon noise (at most the clipped mean
+    ``var_stats`` plus 3 sigma); the IQR ignores what remains of the sources.  (A 3-sigma clipped
+    variance would be 2.7 % low for Gaussian noise: the clip truncates the tails.)  Returns the
+    factor and the number of sky pixels; the factor is NaN without sky pixels.
+    """
+    sky = usable & (variance <= var_stats.mean * (1 + 1e-6) + 3 * jnp.sqrt(var_stats.variance))
+    ratio = image / jnp.sqrt(jnp.where(usable, variance, 1.0))
+    std = robust_std(ratio, sky)
+    return std * std, jnp.sum(sky & jnp.isfinite(ratio))
+
+
 @functools.partial(jax.jit, static_argnames=("and_mask", "fill_bits", "correct_background", "scale_variance"))
 def _prepare_arrays(image, variance, mask, scale, *, and_mask, fill_bits, correct_background, scale_variance):
     """One input's arrays for ZOGY (one compiled program, no eager full-size passes).
@@ -70,9 +94,10 @@ def _prepare_arrays(image, variance, mask, scale, *, and_mask, fill_bits, correc
     Calibrated image and variance (``scale`` = PhotoCalib mean or 1), bad pixels (non-finite or
     in ``fill_bits``) filled with the clipped means, optional background subtraction and the
     ScaleVarianceTask-like rescaling.  Returns image, variance, mask, bad, good, nonfinite, the
-    variance scale factor and the noise level (clipped mean of the final variance over the good
+    variance scale factor, the noise level (clipped mean of the final variance over the good
     pixels, as ``cell_noise_variances`` computes it for one cell: clipping commutes with the
-    scaling).
+    scaling) and a dict of the statistics with their pixel counts, for the host-side check
+    (:meth:`ZogyTask._checkInputStatistics`).
     """
     image = jnp.asarray(image) * scale
     variance = jnp.asarray(variance) * (scale * scale)
@@ -80,35 +105,50 @@ def _prepare_arrays(image, variance, mask, scale, *, and_mask, fill_bits, correc
     nonfinite = ~(jnp.isfinite(image) & jnp.isfinite(variance))
     bad = nonfinite | ((mask & fill_bits) != 0)
     good = ~bad & ((mask & and_mask) == 0)
+    unmasked = (mask & (fill_bits | and_mask)) == 0
+    checks = {"nGood": jnp.sum(good), "nUnmasked": jnp.sum(unmasked),
+              "nFiniteImage": jnp.sum(unmasked & jnp.isfinite(image)),
+              "nUsableVariance": jnp.sum(unmasked & jnp.isfinite(variance) & (variance > 0))}
     if correct_background:
-        image = image - clipped_stats(image, good).mean
+        bg = clipped_stats(image, good)
+        image = image - bg.mean
+        checks.update(background=bg.mean, backgroundUsed=bg.n_used)
     im_stats = clipped_stats(image, good)
-    var_stats = clipped_stats(variance, good & (variance > 0))
+    positive = good & (variance > 0)
+    var_stats = clipped_stats(variance, positive)
+    checks.update(imageMean=im_stats.mean, imageUsed=im_stats.n_used, varianceMean=var_stats.mean,
+                  varianceUsed=var_stats.n_used, nPositive=jnp.sum(positive))
     # fill bad pixels with the clipped mean of the good ones (LSST: the NaN-mean of the plane)
     image = jnp.where(bad, im_stats.mean, image)
     variance = jnp.where(bad, var_stats.mean, variance)
     factor = jnp.asarray(1.0, image.dtype)
     if scale_variance:
-        # ScaleVarianceTask idea: the variance of (image / sqrt(variance)) over sky pixels.
-        # Sky pixels: usable, and variance not raised by source photon noise; the 3-sigma
-        # clipped variance then removes what remains of the sources.
-        sky = good & (variance > 0) & (variance <= var_stats.mean * (1 + 1e-6) + 3 * jnp.sqrt(var_stats.variance))
-        ratio = (image - im_stats.median) / jnp.sqrt(jnp.where(variance > 0, variance, 1.0))
-        factor = clipped_stats(ratio, sky).variance
+        factor, n_sky = _variance_scale(image - im_stats.median, variance, positive, var_stats)
         variance = variance * factor
-    return image, variance, mask, bad, good, nonfinite, factor, var_stats.mean * factor
+        checks.update(varianceScale=factor, varianceScaleUsed=n_sky)
+    return image, variance, mask, bad, good, nonfinite, factor, var_stats.mean * factor, checks
 
 
 @functools.partial(jax.jit, static_argnames=("no_data", "edge_bits", "edge", "and_mask", "calculate_score",
-                                             "normalize", "out_dtype"))  # fmt: skip
+                                             "normalize", "scale_variance", "out_dtype"))  # fmt: skip
 def _finish_arrays(res, bad1, bad2, mask1, mask2, nonfinite1, nonfinite2, *, no_data, edge_bits, edge, and_mask,
-                   calculate_score, normalize, out_dtype):  # fmt: skip
+                   calculate_score, normalize, scale_variance, out_dtype):  # fmt: skip
     """Output planes from the ZOGY core result (one compiled program).
 
     Masks OR-ed, NO_DATA where an input was non-finite, EDGE in the band of half a PSF box
-    along the edges; S and S_corr zeroed (variance 1) at filled or variance-less pixels; the
-    optional robust S_corr normalisation.  Returns (diff, diffVar, mask, score, scoreVar,
-    scoreCorr, norm), the score entries ``None`` without the score.
+    along the edges; S and S_corr zeroed (variance 1) at filled or variance-less pixels.  Two
+    optional calibrations keep every variance plane a description of its image's noise:
+
+    * ``scale_variance`` (``doScaleVariance``): the difference variance is rescaled to the
+      measured pixel noise of D, as the inputs' are (the propagated variance assumes white
+      input noise; resampled inputs have correlated noise, and the per-pixel rescaling of the
+      inputs then over- or under-states D's noise);
+    * ``normalize`` (``doNormalizeScore``): S_corr is divided by its robust standard deviation
+      ``norm`` and the variance of S multiplied by ``norm**2`` (S / sqrt(var S) = S_corr).
+
+    Returns a dict: ``diff``, ``diffVar``, ``mask``, ``score``, ``scoreVar``, ``scoreCorr``
+    (the score entries ``None`` without the score), ``norm`` and ``diffVarScale`` (1 when not
+    applied) and the pixel counts behind them (``normUsed``, ``diffVarScaleUsed``).
     """
     bad = bad1 | bad2
     out_mask = mask1 | mask2
@@ -118,21 +158,34 @@ def _finish_arrays(res, bad1, bad2, mask1, mask2, nonfinite1, nonfinite2, *, no_
     rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
     in_edge = (rows < edge_y) | (rows >= height - edge_y) | (cols < edge_x) | (cols >= width - edge_x)
     out_mask = jnp.where(in_edge, out_mask | edge_bits, out_mask)
-    diff = res.difference.astype(out_dtype)
-    diff_var = res.difference_variance.astype(out_dtype)
+    usable = ~bad & ((out_mask & and_mask) == 0)
+    diff, diff_var = res.difference, res.difference_variance
+    one = jnp.asarray(1.0, diff.dtype)
+    out = {"norm": one, "diffVarScale": one}
+    if scale_variance:  # the inputs' recipe, on D
+        ok = usable & jnp.isfinite(diff) & jnp.isfinite(diff_var) & (diff_var > 0)
+        factor, n_sky = _variance_scale(diff, diff_var, ok, clipped_stats(diff_var, ok))
+        diff_var = diff_var * factor
+        out.update(diffVarScale=factor, diffVarScaleUsed=n_sky)
+    out.update(diff=diff.astype(out_dtype), diffVar=diff_var.astype(out_dtype), mask=out_mask,
+               score=None, scoreVar=None, scoreCorr=None)
     if not calculate_score:
-        return diff, diff_var, out_mask, None, None, None, jnp.asarray(1.0, res.difference.dtype)
+        return out
     tiny_var = 100 * jnp.finfo(res.score_variance.dtype).tiny
     flagged = bad | (res.score_variance < tiny_var)
     score = jnp.where(flagged, 0.0, res.score)
     score_var = jnp.where(flagged, 1.0, res.score_variance)
     score_corr = jnp.where(flagged, 0.0, res.score_corr)
-    norm = jnp.asarray(1.0, score_corr.dtype)
     if normalize:
-        norm = robust_std(score_corr, ~flagged & ((out_mask & and_mask) == 0))
+        ok = ~flagged & ((out_mask & and_mask) == 0)
+        norm = robust_std(score_corr, ok)
         score_corr = score_corr / norm
-    return (diff, diff_var, out_mask, score.astype(out_dtype), score_var.astype(out_dtype),
-            score_corr.astype(out_dtype), norm)  # fmt: skip
+        # S / sqrt(var S) = S_corr: the same calibration applies to S's variance
+        score_var = jnp.where(flagged, score_var, score_var * (norm * norm))
+        out.update(norm=norm, normUsed=jnp.sum(ok & jnp.isfinite(score_corr)))
+    out.update(score=score.astype(out_dtype), scoreVar=score_var.astype(out_dtype),
+               scoreCorr=score_corr.astype(out_dtype))
+    return out
 
 
 class ZogyTask(Task):
@@ -163,14 +216,57 @@ class ZogyTask(Task):
         mask = exposure.getMask()
         mi = exposure.getMaskedImage()
         scale, flux = self._calibration(exposure, fluxScaling)
-        image, variance, marr, bad, good, nonfinite, varianceScale, noise = _prepare_arrays(
+        image, variance, marr, bad, good, nonfinite, varianceScale, noise, checks = _prepare_arrays(
             mi.image.array, mi.variance.array, mask.array, scale,
             and_mask=mask_bits(mask, self.config.ignoreMaskPlanes), fill_bits=mask_bits(mask, _FILL_PLANES),
             correct_background=bool(self.config.correctBackground),
             scale_variance=bool(self.config.doScaleVariance),
         )  # fmt: skip
         return Struct(image=image, variance=variance, mask=marr, bad=bad, good=good, nonfinite=nonfinite,
-                      flux=flux, varianceScale=varianceScale, noise=noise, what=what)
+                      flux=flux, varianceScale=varianceScale, noise=noise, checks=checks, what=what)
+
+    def _checkInputStatistics(self, *prepared):
+        """Raise `ImageStatisticsError` if a statistic of `_prepare_arrays` is not usable.
+
+        One device-to-host transfer of the scalars of all inputs.  A plane without two usable
+        pixels is named first (all masked: the image plane; no finite image pixel: the image
+        plane; no positive finite variance: the variance plane); then the statistics are
+        checked: the background (``correctBackground``), the clipped mean of the image (the
+        fill value of bad pixels), the clipped mean of the variance (the noise level, > 0) and
+        the variance rescaling factor (``doScaleVariance``, > 0).
+        """
+        checks = jax.device_get([p.checks for p in prepared])
+        masked = ", ".join(dict.fromkeys([*self.config.ignoreMaskPlanes, *_FILL_PLANES]))
+        for p, c in zip(prepared, checks, strict=True):
+            image = p.what
+            counts = (
+                f"{int(c['nUnmasked'])} of {p.image.size} pixels are outside the masked planes ({masked}); "
+                f"of those {int(c['nFiniteImage'])} have a finite image value, "
+                f"{int(c['nUsableVariance'])} a positive finite variance, {int(c['nGood'])} both."
+            )
+            fix = f"Fix the {image} exposure's planes or its mask, or mask fewer planes (ignoreMaskPlanes)."
+            items = []
+            if "background" in c:
+                items.append(("image", "clipped mean (background, correctBackground)", "background",
+                              "backgroundUsed", False))
+            items.append(("image", "clipped mean (fill value of bad pixels)", "imageMean", "imageUsed",
+                          False))
+            items.append(("variance", "clipped mean (noise level)", "varianceMean", "varianceUsed", True))
+            if "varianceScale" in c:
+                items.append(("variance", "rescaling factor (doScaleVariance)", "varianceScale",
+                              "varianceScaleUsed", True))
+            # a plane that is unusable as a whole is named before the statistic that fails first
+            if int(c["nUnmasked"]) < 2 or int(c["nFiniteImage"]) < 2:
+                items.insert(0, ("image", "clipped statistics", None, "nFiniteImage", False))
+            elif int(c["nUsableVariance"]) < 2:
+                items.insert(0, ("variance", "clipped mean (noise level)", None, "nUsableVariance", True))
+            for plane, statistic, key, nkey, positive in items:
+                value = float("nan") if key is None else float(c[key])
+                if np.isfinite(value) and (value > 0 or not positive):
+                    continue
+                raise ImageStatisticsError(image=image, plane=plane, statistic=statistic,
+                                           value=None if key is None else value, nUsable=int(c[nkey]),
+                                           hint=f"{counts} {fix}")
 
     def _fitFluxRatioShift(self, p1, p2, psf1, psf2):
         """Fit beta = F_n/F_r and/or the science-template shift; update ``p1``/``p2`` in place."""
@@ -182,7 +278,12 @@ class ZogyTask(Task):
         fit = fit_flux_ratio_shift(p1.image, p2.image, jnp.asarray(psf1, p1.image.dtype),
                                    jnp.asarray(psf2, p1.image.dtype), noise1, noise2, p1.good & p2.good,
                                    fit_shift=bool(cfg.doFitShift), snr_min=float(cfg.fitSnrMin))
-        fit = jax.device_get(fit)
+        fit, noise = jax.device_get((fit, (noise1, noise2)))
+        for p, value in zip((p1, p2), noise, strict=True):
+            if not (np.isfinite(value) and value > 0):
+                raise ImageStatisticsError(image=p.what, plane="variance",
+                                           statistic="clipped mean (noise level of the flux-ratio/shift fit)",
+                                           value=float(value))
         if int(fit.n_used) == 0 or not np.isfinite(float(fit.flux_ratio)) or float(fit.flux_ratio) <= 0:
             msg = (
                 f"flux-ratio/shift fit failed: {int(fit.n_used)} pixels above fitSnrMin={cfg.fitSnrMin} "
@@ -225,13 +326,19 @@ class ZogyTask(Task):
             ``diffExp`` (D / F_D, propagated variance, OR-ed mask, PSF P_D, PhotoCalib 1),
             ``scoreExp`` (S, var S, PSF P_S; ``None`` without the score), ``scoreCorrExp``
             (S_corr with variance 1), ``ftDiff`` (a Struct of scalar diagnostics and the
-            uncropped P_D), and the noise-calibration factors.
+            uncropped P_D), and the noise-calibration factors ``scienceVarianceScale``,
+            ``templateVarianceScale``, ``differenceVarianceScale`` (``doScaleVariance``; 1 when off)
+            and ``scoreNormalizationFactor`` (``doNormalizeScore``: S_corr was divided by it and
+            var S multiplied by its square).
 
         Raises
         ------
         ValueError
-            Different dimensions, missing PSF/PhotoCalib, PSF centroids too far apart, no usable
-            pixels, or a PSF larger than the image.
+            Different dimensions, missing PSF/PhotoCalib, PSF centroids too far apart, or a PSF
+            larger than the image.
+        ImageStatisticsError
+            A noise level, fill value, background or calibration factor cannot be computed (too
+            few usable pixels in the named image and plane).
         """
         check_exposure(exposure1, "exposure1")
         check_exposure(exposure2, "exposure2")
@@ -283,8 +390,9 @@ class ZogyTask(Task):
                 raise ValueError(msg)
 
         # science is exposure1 (paper N), template exposure2 (paper R); see module docstring
-        p1 = self._prepare(exposure1, cfg.scienceFluxScaling, "exposure1")
-        p2 = self._prepare(exposure2, cfg.templateFluxScaling, "exposure2")
+        p1 = self._prepare(exposure1, cfg.scienceFluxScaling, "science")
+        p2 = self._prepare(exposure2, cfg.templateFluxScaling, "template")
+        self._checkInputStatistics(p1, p2)
 
         fitted = self._fitFluxRatioShift(p1, p2, p1c, p2c) if (cfg.doFitFluxRatio or cfg.doFitShift) else {}
 
@@ -310,26 +418,47 @@ class ZogyTask(Task):
         mask1 = exposure1.getMask()
         # sources within half a PSF box of the edge are truncated by it, differently in the two
         # images: their residuals are not noise, so that band is flagged EDGE (not done by LSST's ZOGY)
-        diff, diffVar, outMask, score, scoreVar, scoreCorr, norm = _finish_arrays(
+        out = _finish_arrays(
             res, p1.bad, p2.bad, p1.mask, p2.mask, p1.nonfinite, p2.nonfinite,
             no_data=mask_bits(mask1, ["NO_DATA"]), edge_bits=mask_bits(mask1, ["EDGE"]), edge=edge,
             and_mask=mask_bits(mask1, cfg.ignoreMaskPlanes), calculate_score=bool(calculateScore),
-            normalize=bool(cfg.doNormalizeScore), out_dtype=outDtype.name,
+            normalize=bool(cfg.doNormalizeScore), scale_variance=bool(cfg.doScaleVariance),
+            out_dtype=outDtype.name,
         )  # fmt: skip
+        diff, diffVar, outMask, score, scoreVar, scoreCorr = (
+            out[k] for k in ("diff", "diffVar", "mask", "score", "scoreVar", "scoreCorr"))
         scalars = {"fluxZeroPoint": jnp.mean(res.flux_zero_point), "nDegenerate": jnp.sum(res.n_degenerate),
                    "scienceVarianceScale": p1.varianceScale, "templateVarianceScale": p2.varianceScale,
                    "scienceNoiseVariance": jnp.mean(noise1), "templateNoiseVariance": jnp.mean(noise2)}
+        if cfg.doScaleVariance:
+            scalars["differenceVarianceScale"] = out["diffVarScale"]
         if calculateScore:
-            scalars["scoreNormalizationFactor"] = norm
+            scalars["scoreNormalizationFactor"] = out["norm"]
+        # the cell noise levels (a NaN one would only show as a NaN PSF of D) and the pixel counts
+        checks = {"scienceNoiseMin": jnp.min(noise1), "templateNoiseMin": jnp.min(noise2),
+                  **{k: v for k, v in out.items() if k.endswith("Used")}}
         # one device -> host transfer for everything small
-        scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
-        for name in ("scienceVarianceScale", "templateVarianceScale", "scoreNormalizationFactor"):
-            if name in scalars and not (np.isfinite(scalars[name]) and scalars[name] > 0):
-                msg = (
-                    f"noise calibration failed ({name} = {scalars[name]}): too few unmasked pixels; "
-                    "check the mask planes or switch doScaleVariance/doNormalizeScore off"
+        scalars, checks = jax.device_get((scalars, checks))
+        scalars = {k: float(v) for k, v in scalars.items()}
+        for image, p in (("science", p1), ("template", p2)):
+            value = float(checks[f"{image}NoiseMin"])
+            if not (np.isfinite(value) and value > 0):
+                raise ImageStatisticsError(image=image, plane="variance",
+                                           statistic="clipped mean of a cell (noise level of a grid cell)",
+                                           value=value, nUsable=int(np.asarray(p.checks["nPositive"])))
+        for name, image, plane, statistic, nkey in (
+            ("differenceVarianceScale", "difference", "variance", "rescaling factor (doScaleVariance)",
+             "diffVarScaleUsed"),
+            ("scoreNormalizationFactor", "score", "image",
+             "robust standard deviation of S_corr (doNormalizeScore)", "normUsed"),
+        ):
+            if name in scalars and nkey in checks and not (np.isfinite(scalars[name]) and scalars[name] > 0):
+                raise ImageStatisticsError(
+                    image=image, plane=plane, statistic=statistic, value=scalars[name],
+                    nUsable=int(checks[nkey]),
+                    hint="Too few unmasked pixels; check the mask planes (ignoreMaskPlanes) or switch "
+                    "doScaleVariance/doNormalizeScore off.",
                 )
-                raise ValueError(msg)
 
         # PSFs of D and S: one cell -> ImagePsf; a grid -> GridPsf on the cell centres
         def _psfModel(stack):
@@ -378,6 +507,7 @@ class ZogyTask(Task):
             scienceVarianceScale=scalars["scienceVarianceScale"],
             templateVarianceScale=scalars["templateVarianceScale"],
             scoreNormalizationFactor=scalars.get("scoreNormalizationFactor", 1.0),
+            differenceVarianceScale=scalars.get("differenceVarianceScale", 1.0),
         )
 
 
@@ -412,13 +542,16 @@ class ZogyImagePsfMatchTask(ImagePsfMatchTask):
             ``scoreExposure`` (S and its variance, PSF P_S), ``scoreCorrExposure`` (S_corr in
             sigma units), ``diffExp`` and ``scoreExp`` (LSST's names, aliases), ``ftDiff``
             (diagnostics), ``scienceVarianceScale``, ``templateVarianceScale``,
-            ``scoreNormalizationFactor``.
+            ``differenceVarianceScale``, ``scoreNormalizationFactor`` (see :meth:`ZogyTask.run`).
 
         Raises
         ------
         RuntimeError
             "Input images are not registered. Consider setting doWarping=True." when the WCSs
             differ and ``doWarping`` is False.
+        ImageStatisticsError
+            A statistic of the science or template image or variance plane cannot be computed
+            (see :meth:`ZogyTask.run`).
         """
         check_exposure(scienceExposure, "scienceExposure")
         check_exposure(templateExposure, "templateExposure")
@@ -439,4 +572,5 @@ class ZogyImagePsfMatchTask(ImagePsfMatchTask):
             scienceVarianceScale=results.scienceVarianceScale,
             templateVarianceScale=results.templateVarianceScale,
             scoreNormalizationFactor=results.scoreNormalizationFactor,
+            differenceVarianceScale=results.differenceVarianceScale,
         )
