@@ -128,12 +128,12 @@ def make_pair(
     sky = (model_ref < 0.01 * np.sqrt(sky_var_ref)) & (model_new < 0.01 * np.sqrt(sky_var_new))
     m = 3 * psf_size
     sky[:m, :] = sky[-m:, :] = sky[:, :m] = sky[:, -m:] = False
-    for y, x in zip(ty, tx):
+    for y, x in zip(ty, tx, strict=True):
         sky[max(y - 20, 0) : y + 21, max(x - 20, 0) : x + 21] = False
 
     arrays = dict(new=new, ref=ref, var_new=var_new, var_ref=var_ref, psf_new=psf_new, psf_ref=psf_ref, sky=sky)
     meta = PairMeta(size, seed, sigma_ref, sigma_new, psf_size, flux_ratio, sky_var_new, sky_var_ref, n_stars,
-                    [[int(y), int(x)] for y, x in zip(ty, tx)], [float(s) for s in snr], int(sky.sum()),
+                    [[int(y), int(x)] for y, x in zip(ty, tx, strict=True)], [float(s) for s in snr], int(sky.sum()),
                     time.perf_counter() - t0)  # fmt: skip
     return arrays, meta
 

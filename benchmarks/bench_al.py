@@ -19,6 +19,7 @@ See benchmarks/README.md ("Alard–Lupton") for what is measured and the caveats
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -33,7 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _common import (  # noqa: E402
+from _common import (  # noqa: E402  (after the sys.path insert that makes _common importable)
     PeakMemory,
     al_expected_variance,
     al_quality,
@@ -50,7 +51,7 @@ from _common import (  # noqa: E402
 README = HERE / "README.md"
 RESULTS_START = "<!-- AL-RESULTS:BEGIN -->"
 RESULTS_END = "<!-- AL-RESULTS:END -->"
-# /work/shared/research/peers.md, AL section (NOT measured in this run; 2-core machine, FITS I/O included)
+# the project survey of peer codes (peers.md, outside this repository; quoted in README.md), AL section (NOT measured in this run; 2-core machine, FITS I/O included)
 PEERS_MD = {
     1024: {"oracle": "0.08 s", "hotpants": 2.0, "hotpants_txt": "1.4–2.0 s, 86 MB", "sfft": "20 s, 3.1 GB", "ois": "11–18 s"},
     2048: {"oracle": "0.51 s", "hotpants": 5.1, "hotpants_txt": "5.1 s, 164 MB", "sfft": "70–111 s, 11.5 GB", "ois": "59 s"},
@@ -70,7 +71,7 @@ KERNEL_SIZE, BG_ORDER = 21, 1
 
 
 def worker_gen(args):
-    import jax  # noqa: F401  (float32 default, x64 off)
+    import jax  # noqa: F401  (JAX loaded first with its defaults, float32 and x64 off)
 
     sys.path.insert(0, str(REPO))
     from jaxdiff.testing.sim import simulate_pair
@@ -187,8 +188,10 @@ def worker_jax(args):
 
     def exposures():
         """Fresh exposures (copies) for every call: the task may edit mask planes in place."""
-        mk = lambda p, psf: Exposure(MaskedImage(Image(d[p].copy()), Mask(d[p + "_mask"].copy()),  # noqa: E731
-                                                 Image(d[p + "_var"].copy())), psf=psf)
+        def mk(p, psf):
+            return Exposure(MaskedImage(Image(d[p].copy()), Mask(d[p + "_mask"].copy()), Image(d[p + "_var"].copy())),
+                            psf=psf)
+
         return mk("tmp", tmp_psf), mk("sci", sci_psf)
 
     res = {"size": meta["size"], "order": args.order, "precision": args.precision, "backend": jax.default_backend(),
@@ -351,9 +354,9 @@ def worker_peer(args):
     res = {"peer": args.peer, "size": meta["size"], "order": args.order, "loadavg_start": os.getloadavg()}
     state = {}
     if args.peer == "sfft":
-        run = lambda: _sfft_run(args.data, args.order, args.threads, state)  # noqa: E731
+        run = functools.partial(_sfft_run, args.data, args.order, args.threads, state)
     elif args.peer in ("ois_al", "ois_adaptive"):
-        run = lambda: _ois_run(args.data, args.peer, args.order)  # noqa: E731
+        run = functools.partial(_ois_run, args.data, args.peer, args.order)
     else:
         raise SystemExit(f"unknown peer {args.peer}")
     gc.collect()

@@ -32,7 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _common import (  # noqa: E402
+from _common import (  # noqa: E402  (after the sys.path insert that makes _common importable)
     PeakMemory,
     environment,
     load_pair,
@@ -50,7 +50,7 @@ README = HERE / "README.md"
 ZOGY_PACKAGES = ("jax", "jaxlib", "numpy", "scipy", "astropy", "properimage", "mirar", "pyFFTW", "sep")
 RESULTS_START = "<!-- RESULTS START (written by bench_zogy.py --write-readme) -->"
 RESULTS_END = "<!-- RESULTS END -->"
-PEERS_MD = {  # median seconds per call from /work/shared/research/peers.md (NOT this run)
+PEERS_MD = {  # median seconds per call from the project survey of peer codes (peers.md, outside this repository) (NOT this run)
     1024: {"oracle": 0.16, "vreeswijk": 1.64, "mirar": 1.54, "pyzogy_dguevel": 6.2, "properimage": 9.8},
     2048: {"oracle": 0.93, "vreeswijk": 4.5, "mirar": 7.3, "pyzogy_dguevel": 28.7, "properimage": 43.0},
     4096: {"oracle": 4.96, "vreeswijk": 41.4, "mirar": 43.9, "pyzogy_dguevel": 118.0, "properimage": 226.0},
@@ -76,8 +76,12 @@ def zogy_oracle(new, ref, psf_new, psf_ref, var_new, var_ref, *, noise_new, nois
     (h, w), (fh, fw) = new.shape, fft_shape
     y0, x0 = (fh - h) // 2, (fw - w) // 2
     pad = functools.partial(np.pad, pad_width=((y0, fh - h - y0), (x0, fw - w - x0)), mode="reflect")
-    crop = lambda a: a[y0 : y0 + h, x0 : x0 + w]  # noqa: E731
-    real_ifft = lambda a: ifft(a).real  # noqa: E731
+
+    def crop(a):
+        return a[y0 : y0 + h, x0 : x0 + w]
+
+    def real_ifft(a):
+        return ifft(a).real
 
     def otf(p):
         big = np.zeros(fft_shape)
@@ -128,6 +132,13 @@ def _cpu_s():
 
 def _median(ts):
     return float(np.median(ts)) if ts else None
+
+
+def _run_blocking(fn, *args, **kwargs):
+    """Call ``fn`` and wait for its JAX results (bind with ``functools.partial`` for ``timed``)."""
+    import jax
+
+    return jax.block_until_ready(fn(*args, **kwargs))
 
 
 def _interior_rms(a, b, border):
@@ -233,9 +244,9 @@ def worker_jax(args):
     rfft = jax.jit(jnp.fft.rfft2)
     for label, shape in (("", a["new"].shape), ("_grid", fft_shape)):
         x = jnp.asarray(np.resize(a["new"], shape) if shape != a["new"].shape else a["new"])
-        rfft(x).block_until_ready()
+        _run_blocking(rfft, x)
         c0 = _cpu_s()
-        ts = timed(lambda: rfft(x).block_until_ready(), args.floor_repeats)
+        ts = timed(functools.partial(_run_blocking, rfft, x), args.floor_repeats)
         res[f"rfft2_jnp{label}_cpu_s"] = (_cpu_s() - c0) / args.floor_repeats
         res[f"rfft2_jnp{label}_s"], res[f"rfft2_jnp{label}_min_s"] = _median(ts), min(ts)
         del x
@@ -244,7 +255,7 @@ def worker_jax(args):
     for variant, full_grid in (("pixel", False), ("scalar", False), ("pixelfull", True)):
         chain = jax.jit(functools.partial(fft_chain, fft_shape=fft_shape, per_pixel=variant != "scalar",
                                           full_grid=full_grid))  # fmt: skip
-        run_chain = functools.partial(lambda c: jax.block_until_ready(c(*grid_img)), chain)
+        run_chain = functools.partial(_run_blocking, chain, *grid_img)
         run_chain()
         c0 = _cpu_s()
         ts = timed(run_chain, rep)
@@ -262,7 +273,7 @@ def worker_jax(args):
     scorr = {}
     for variant in ("pixel", "scalar"):
         zargs, kw = _zogy_args(jax, dev, meta, variant)
-        call = lambda: jax.block_until_ready(zogy(*zargs, **kw))  # noqa: E731
+        call = functools.partial(_run_blocking, zogy, *zargs, **kw)
         wrapped = jax.jit(functools.partial(zogy, **kw))
         t0 = time.perf_counter()
         lowered = wrapped.lower(*zargs)
@@ -325,7 +336,7 @@ def _profile_jax(jax, jnp, zogy, dev, meta, rep):
     out = {}
     for variant in ("pixel", "scalar"):
         zargs, kw = _zogy_args(jax, dev, meta, variant)
-        call = lambda: jax.block_until_ready(zogy(*zargs, calculate_score=False, **kw))  # noqa: E731
+        call = functools.partial(_run_blocking, zogy, *zargs, calculate_score=False, **kw)
         call()
         out[f"{variant}_noscore_warm_s"] = _median(timed(call, rep))
     return out
@@ -620,7 +631,13 @@ def build_report(env, versions, peer_versions, results, args) -> tuple[str, list
     lines.append("### Peak memory of one call (fresh process, RSS increase over the inputs already in memory)\n")
     lines.append("| N | dtype | input pair (2 images) | jaxdiff per-pixel | ×pair | jaxdiff scalar | ×pair | outputs | oracle f64 | properimage | mirar pyzogy |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    gb = lambda b: "—" if b is None else f"{b / 2**30:.2f} GiB"  # noqa: E731
+
+    def gb(b):
+        return "—" if b is None else f"{b / 2**30:.2f} GiB"
+
+    def ratio(m, pair):
+        return "—" if "increase" not in m else f"{m['increase'] / pair:.1f}"
+
     for (n, dt), r in sorted(results.items()):
         if "jax" not in r:
             continue
@@ -629,9 +646,8 @@ def build_report(env, versions, peer_versions, results, args) -> tuple[str, list
         first = dt == args.dtypes[0]
         pe = results.get((n, "_peers"), {}) if first else {}
         mo = results.get((n, "_oracle_mem"), {}) if first else {}
-        ratio = lambda m: "—" if "increase" not in m else f"{m['increase'] / pair:.1f}"  # noqa: E731
         lines.append(
-            f"| {n}² | {dt} | {gb(pair)} | {gb(mp.get('increase'))} | {ratio(mp)} | {gb(ms.get('increase'))} | {ratio(ms)} "
+            f"| {n}² | {dt} | {gb(pair)} | {gb(mp.get('increase'))} | {ratio(mp, pair)} | {gb(ms.get('increase'))} | {ratio(ms, pair)} "
             f"| {gb(mp.get('output_bytes'))} | {gb(mo.get('increase'))} "
             f"| {gb((pe.get('properimage') or {}).get('mem_increase'))} | {gb((pe.get('pyzogy') or {}).get('mem_increase'))} |"
         )
@@ -640,17 +656,22 @@ def build_report(env, versions, peer_versions, results, args) -> tuple[str, list
     lines.append("### Quality: S_corr on source-free sky (mean / std), transients found (of 10), false positives (|S_corr| > 5)\n")
     lines.append("| N | jaxdiff f32 per-pixel | jaxdiff f32 scalar | jaxdiff f64 per-pixel | oracle f64 | rms(jaxdiff f32 − oracle) | rms(f64 − oracle) | properimage | mirar pyzogy |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
-    q = lambda d: "—" if not d else f"{d['sky_mean']:+.3f} / {d['sky_std']:.3f}, {d['transients_found']}, {d['false_positives']}"  # noqa: E731
+
+    def q(d):
+        return "—" if not d else f"{d['sky_mean']:+.3f} / {d['sky_std']:.3f}, {d['transients_found']}, {d['false_positives']}"
+
+    def pq(pe, p):
+        return q((pe.get(p) or {}).get("quality"))
+
     for n in sorted({k[0] for k in results}):
         j32 = results.get((n, "float32"), {}).get("jax", {})
         j64 = results.get((n, "float64"), {}).get("jax", {})
         orc = j32.get("oracle_quality") or j64.get("oracle_quality")
         pe = results.get((n, "_peers"), {})
-        pq = lambda p: q((pe.get(p) or {}).get("quality"))  # noqa: E731
         lines.append(
             f"| {n}² | {q(j32.get('pixel_quality'))} | {q(j32.get('scalar_quality'))} | {q(j64.get('pixel_quality'))} "
             f"| {q(orc)} | {_sci(j32.get('pixel_scorr_rms_vs_oracle'))} | {_sci(j64.get('pixel_scorr_rms_vs_oracle'))} "
-            f"| {pq('properimage')} | {pq('pyzogy')} |"
+            f"| {pq(pe, 'properimage')} | {pq(pe, 'pyzogy')} |"
         )
     lines.append("")
     lines.append("The scalar-variance run uses the sky level as the variance everywhere, so its S_corr is not the "

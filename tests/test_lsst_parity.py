@@ -3,7 +3,10 @@
 Skipped unless the optional LSST packages are installed (``pip install jaxdiff[lsst]``).
 """
 
+import jax.numpy as jnp
 import pytest
+
+from jaxdiff.tasks import _base, _config
 
 pipeBase = pytest.importorskip(
     "lsst.pipe.base",
@@ -11,10 +14,6 @@ pipeBase = pytest.importorskip(
 )
 pexConfig = pytest.importorskip("lsst.pex.config", reason="lsst-pex-config is not installed")
 lsstTimer = pytest.importorskip("lsst.utils.timer", reason="lsst-utils is not installed")
-
-import jax.numpy as jnp  # noqa: E402
-
-from jaxdiff.tasks import _base, _config  # noqa: E402
 
 
 def makeTree(TaskBase, ConfigBase, Field, timeMethod):

@@ -52,12 +52,12 @@ def _log(msg):
     print(msg, flush=True)
 
 
-def _detect(scoreCorrExposure, threshold, max_peaks=50):
-    """Positive and negative peaks of S_corr above ``threshold`` sigma, strongest first."""
+def _detect(score_exposure, threshold, max_peaks=50):
+    """Return the positive and negative peaks of a score image above ``threshold`` sigma, strongest first."""
     from ..core.detection import find_peaks, peaks_to_table
 
-    arr = scoreCorrExposure.image.array
-    mask = scoreCorrExposure.mask
+    arr = score_exposure.image.array
+    mask = score_exposure.mask
     ok = (mask.array & mask.getPlaneBitMask(["EDGE", "NO_DATA", "BAD", "SAT"])) == 0
     pos = peaks_to_table(find_peaks(arr, threshold, ok, max_peaks=max_peaks))
     neg = peaks_to_table(find_peaks(-arr, threshold, ok, max_peaks=max_peaks), sign=-1)
@@ -168,7 +168,7 @@ def demo_simulated(outdir, *, size, seed, threshold):
 
 
 def load_nircam_pair(datadir):
-    """The JWST NIRCam F200W pair of ``shared/data`` as Exposures (noise maps, WebbPSF models)."""
+    """Load the JWST NIRCam F200W pair of ``shared/data`` as Exposures (noise maps, WebbPSF models)."""
     from ..image.fits import exposureFromFits, readImageArray
     from ..image.psf import ImagePsf
 
@@ -206,7 +206,7 @@ def demo_nircam(outdir, datadir, *, threshold):
 # ------------------------------------------------------------------------------------------
 # Alard-Lupton
 def _run_al(science, template, *, fit_background, decorrelate, spatial_order=None, cell_size=None):
-    """``ImagePsfMatchTask.subtractExposures(template, science)``; returns (task, result, seconds)."""
+    """Run ``ImagePsfMatchTask.subtractExposures(template, science)``; return (task, result, seconds)."""
     import jax
 
     from ..tasks import ImagePsfMatchTask
@@ -278,14 +278,14 @@ def _write_al_outputs(outdir, stem, res):
     return paths
 
 
-def _normalize_score(scoreExposure):
+def _normalize_score(score_exposure):
     """Divide the score by its robust standard deviation (1.4826 MAD over unmasked pixels); return the factor."""
-    arr = np.asarray(scoreExposure.image.array)
-    mask = scoreExposure.mask
+    arr = np.asarray(score_exposure.image.array)
+    mask = score_exposure.mask
     ok = ((np.asarray(mask.array) & mask.getPlaneBitMask(["EDGE", "NO_DATA", "BAD", "SAT"])) == 0) & np.isfinite(arr)
     factor = float(1.4826 * np.median(np.abs(arr[ok] - np.median(arr[ok])))) if ok.any() else 1.0
     if factor > 0:
-        scoreExposure.image.array = (arr / factor).astype(arr.dtype)
+        score_exposure.image.array = (arr / factor).astype(arr.dtype)
     return factor
 
 
@@ -410,7 +410,7 @@ def _add_input_options(parser):
 
 
 def _load_input(args, which):
-    """The ``which`` ("science"/"template") Exposure from the command line, with its PSF."""
+    """Load the ``which`` ("science"/"template") Exposure named on the command line, with its PSF."""
     from ..image.fits import exposureFromFits, readExposure, readImageArray
     from ..image.psf import FWHM_PER_SIGMA, GaussianPsf, ImagePsf
 
@@ -540,14 +540,13 @@ def main(argv=None):
 def tune_host_malloc() -> bool:
     """Tell glibc to keep and reuse freed memory in this process; ``True`` if it took effect.
 
-    XLA's CPU runtime allocates every temporary with ``malloc``.  glibc serves blocks above
-    32 MiB (one 4096² float32 image is 64 MiB) with a fresh ``mmap`` and unmaps them on
-    ``free``, so each call pays a page fault for every 4 KiB page of every temporary.  This
+    XLA's CPU runtime allocates every temporary with ``malloc``.  glibc serves blocks above its
+    mmap threshold (32 MiB at most, smaller than one large image) with a fresh ``mmap`` and unmaps
+    them on ``free``, so each call pays a page fault for every page of every temporary.  This
     sets one malloc arena, no mmap and no trimming (``mallopt``; what
     ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so freed
-    blocks are reused: ZOGY at 4096² runs about twice as fast on a 2-core CPU
-    (``benchmarks/README.md``, "Allocator effect").  The price is that the process keeps its
-    peak memory until it exits, which suits a command-line run.
+    blocks are reused (measured in ``benchmarks/README.md``, "Allocator effect").  The price is
+    that the process keeps its peak memory until it exits, which suits a command-line run.
 
     The ``jaxdiff`` command calls this at start-up (set ``JAXDIFF_DEFAULT_MALLOC=1`` to skip it).
     The library never does: the allocator belongs to the application.  Does nothing (returns
@@ -568,12 +567,11 @@ def tune_host_malloc() -> bool:
 
 
 def enable_compilation_cache(path=None):
-    """Keep compiled XLA programs on disk, so that later runs skip most compilation; returns the folder.
+    """Keep compiled XLA programs on disk, so that later runs skip most compilation; return the folder.
 
-    A run of the ``jaxdiff`` command compiles dozens of programs (about 80 for Alard-Lupton,
-    ~10 s on 2 cores), far more than the computation takes at moderate sizes; with JAX's
-    persistent compilation cache a second run with the same image shapes loads them instead
-    (``jaxdiff demo --method al --size 512``: 16 s -> 4.8 s).  The folder is ``path``, else
+    A run of the ``jaxdiff`` command compiles dozens of programs, which at moderate image sizes
+    takes longer than the computation; with JAX's persistent compilation cache a second run with
+    the same image shapes loads them instead.  The folder is ``path``, else
     ``$JAXDIFF_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxdiff/xla`` (``~/.cache/jaxdiff/xla``).  If
     a cache folder is already configured (``JAX_COMPILATION_CACHE_DIR`` or
     ``jax.config``), it is kept and returned.  Every program is cached, however quick to compile.

@@ -25,11 +25,9 @@ effective PSF without changing the relative position.
 The resampling kernel matters at the 0.01 px level: afw-style normalised ``"lanczos3"`` moves
 centroids by up to 0.02 px for some sub-pixel phases (it does not reproduce linear ramps),
 which can bias the fitted shift (by less than that for well-sampled stars: ~0.002 px for
-FWHM 3 px in the tests); ``kernel="lanczos3_linear"`` (see :mod:`jaxdiff.image.warp`) removes the
+FWHM 3 px in the tests); ``kernel="lanczos3_linear"`` (see :mod:`jaxdiff.core.resample`) removes the
 linear-reproduction error and is recommended for precise alignment.
 """
-
-from __future__ import annotations
 
 import functools
 from typing import NamedTuple

@@ -21,7 +21,7 @@ class Peaks(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("max_peaks", "footprint"))
 def find_peaks(image, threshold, valid=None, *, max_peaks=100, footprint=5):
-    """Local maxima of ``image`` above ``threshold``.
+    """Find the local maxima of ``image`` above ``threshold``, strongest first.
 
     Parameters
     ----------
@@ -43,7 +43,21 @@ def find_peaks(image, threshold, valid=None, *, max_peaks=100, footprint=5):
 
     Notes
     -----
-    JAX: one compile per image shape, ``max_peaks`` and ``footprint``; not differentiable.
+    A pixel is a peak when it equals the maximum of the ``footprint x footprint`` window centred on
+    it (pixels outside the image and non-finite pixels count as ``-inf``), exceeds ``threshold``
+    and is ``valid``.  Ties (a flat plateau) give a peak at every tied pixel.
+
+    JAX: ``max_peaks`` and ``footprint`` are static; one compilation per image shape, dtype and
+    static pair.  The output has the fixed length ``min(max_peaks, H * W)``, with ``valid`` False
+    (and ``value = -inf``) for the unused entries.  Not differentiable (an arg-max).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> img = jnp.zeros((7, 7)).at[2, 5].set(3.0).at[4, 1].set(9.0)
+    >>> p = find_peaks(img, 1.0, max_peaks=3)
+    >>> [(int(x), int(y)) for x, y, ok in zip(p.x, p.y, p.valid, strict=True) if ok]
+    [(1, 4), (5, 2)]
     """
     image = jnp.asarray(image)
     finite = jnp.isfinite(image)
@@ -60,10 +74,24 @@ def find_peaks(image, threshold, valid=None, *, max_peaks=100, footprint=5):
 
 
 def peaks_to_table(peaks, *, sign=1):
-    """Host-side list of dicts ``{"x", "y", "value"}`` of the valid peaks (value times ``sign``)."""
+    """Return the valid peaks as a host-side list of dicts ``{"x", "y", "value"}``.
+
+    Parameters
+    ----------
+    peaks : Peaks
+        Output of :func:`find_peaks`.
+    sign : int, keyword-only
+        Factor applied to the values (``-1`` for peaks found on ``-image``).
+
+    Returns
+    -------
+    list of dict
+        ``x`` and ``y`` as Python ints (array indices), ``value`` as a float times ``sign``, in
+        the order of ``peaks`` (strongest first).
+    """
     p = jax.device_get(peaks)
     keep = np.asarray(p.valid)
     return [
         {"x": int(x), "y": int(y), "value": float(v) * sign}
-        for x, y, v in zip(np.asarray(p.x)[keep], np.asarray(p.y)[keep], np.asarray(p.value)[keep])
+        for x, y, v in zip(np.asarray(p.x)[keep], np.asarray(p.y)[keep], np.asarray(p.value)[keep], strict=True)
     ]

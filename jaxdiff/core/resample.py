@@ -39,10 +39,6 @@ multiplied by the Jacobian determinant of the mapping; this is afw's convention 
 When source and destination pixels differ in area, total counts change by the area ratio.
 """
 
-from __future__ import annotations
-
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -228,9 +224,8 @@ _resample_variance_jit = jax.jit(_resample_variance, static_argnames=("kernel",)
 _resample_mask_jit = jax.jit(_resample_mask, static_argnames=("kernel",))
 
 
-@functools.wraps(_resample_jit)
 def resample(image, x_src, y_src, *, kernel="lanczos3"):
-    """Values of ``image`` at fractional source positions (separable-kernel interpolation).
+    """Interpolate ``image`` at fractional source positions with a separable kernel.
 
     Parameters
     ----------
@@ -263,7 +258,8 @@ def resample(image, x_src, y_src, *, kernel="lanczos3"):
     return _resample_jit(image, x_src, y_src, kernel=kernel)
 
 
-resample._cache_size = _resample_jit._cache_size  # type: ignore[attr-defined]
+#: The jitted implementation behind :func:`resample` (``kernel`` static), for ahead-of-time
+#: ``lower(...).compile()`` in the benchmarks.
 resample.jitted = _resample_jit  # type: ignore[attr-defined]
 
 
@@ -310,7 +306,7 @@ def resample_mask(mask, x_src, y_src, *, kernel="bilinear"):
 
 
 def support_mask(shape, x_src, y_src, *, kernel="lanczos3"):
-    """True where every source pixel with non-zero kernel weight lies inside the source image.
+    """Return True where every source pixel with non-zero kernel weight lies inside the source image.
 
     Parameters
     ----------

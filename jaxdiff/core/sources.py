@@ -1,7 +1,10 @@
-"""Detection of point-like sources for kernel candidates (a compact stand-in for LSST's
-``SourceDetectionTask`` + ``SingleFrameMeasurementTask`` on the PSF-matching path).
+"""Detection of point-like sources for Alard-Lupton kernel candidates.
 
-Steps (spec ``research/lsst_ip_diffim.md`` section 4.3.1): subtract a coarse background (median in
+A compact stand-in for LSST's ``SourceDetectionTask`` + ``SingleFrameMeasurementTask`` on the
+PSF-matching path (ip_diffim ``ImagePsfMatchTask.getSelectSources``).
+
+Steps (as meas_algorithms ``SourceDetectionTask.detectFootprints`` with ``thresholdType="stdev"``,
+then meas_base measurement): subtract a coarse background (median in
 bins, bilinearly interpolated), smooth with a Gaussian of the PSF width (kernel width
 ``2 floor(int(7 sigma + 0.5) / 2) + 1``, as meas_algorithms), threshold at ``n_sigma`` times the
 clipped standard deviation of the smoothed image (``thresholdType="stdev"``), keep local maxima,
@@ -12,8 +15,6 @@ Gaussian ``g`` (``PsfFlux`` for a Gaussian PSF), and its signal-to-noise ratio f
 Everything is one jitted function with a fixed maximum number of sources (``max_sources``),
 returning a validity mask, so repeated calls on equal shapes never recompile.
 """
-
-from __future__ import annotations
 
 import functools
 from typing import NamedTuple
@@ -33,14 +34,22 @@ class DetectedSources(NamedTuple):
 
     Attributes
     ----------
-    x, y : sub-pixel centroids (column, row), float.
-    peak_x, peak_y : integer peak pixel.
-    flux : PSF-weighted flux above the background.
-    snr : flux signal-to-noise ratio.
-    peak : smoothed peak value.
-    valid : bool, the real entries.
-    threshold : () the detection threshold applied to the smoothed image.
-    background : () median background level.
+    x, y : array, shape (N,)
+        Sub-pixel centroids (column, row), floating point.
+    peak_x, peak_y : array of int, shape (N,)
+        Integer peak pixel.
+    flux : array, shape (N,)
+        PSF-weighted flux above the background.
+    snr : array, shape (N,)
+        Flux signal-to-noise ratio.
+    peak : array, shape (N,)
+        Smoothed peak value (``-inf`` for the unused entries).
+    valid : array of bool, shape (N,)
+        The real entries.
+    threshold : array, shape ()
+        The detection threshold applied to the smoothed image.
+    background : array, shape ()
+        Median background level.
     """
 
     x: jax.Array
@@ -56,7 +65,10 @@ class DetectedSources(NamedTuple):
 
 
 def smoothing_kernel_width(sigma: float) -> int:
-    """meas_algorithms' smoothing kernel width for a Gaussian of ``sigma`` pixels (always odd)."""
+    """Return meas_algorithms' smoothing kernel width for a Gaussian of ``sigma`` pixels (always odd).
+
+    ``2 floor(int(7 sigma + 0.5) / 2) + 1``, as ``SourceDetectionTask.calculateKernelSize``.
+    """
     return 2 * (int(sigma * 7.0 + 0.5) // 2) + 1
 
 
@@ -69,8 +81,8 @@ def _gaussian_1d(sigma, width, dtype):
 def _separable(image, g, axis_op="sum"):
     """Correlate (``"sum"``) or max-filter (``"max"``) along both axes with a 1-D window, 'same' size.
 
-    Shifted-slice accumulation: for the small windows used here this is several times faster on
-    CPU than a 2-D convolution or ``reduce_window``.
+    Shifted-slice accumulation, chosen over a 2-D convolution or ``reduce_window`` for the small
+    windows used here (cheaper on CPU).
     """
     w = g.shape[0]
     half = w // 2
@@ -137,6 +149,19 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
     Returns
     -------
     DetectedSources
+        ``max_sources`` entries (array indices), strongest smoothed peak first; ``valid`` marks
+        the detections.
+
+    Notes
+    -----
+    The flux is ``sum(g (I - bg)) / sum(g^2)`` for the unit-sum Gaussian ``g`` of width ``sigma``
+    (meas_base ``PsfFlux`` for a Gaussian PSF), its variance ``sum(g^2 var) / sum(g^2)^2``.  The
+    centroid is the vertex of a parabola through the smoothed 3x3 neighbourhood of the peak,
+    per axis, clipped to half a pixel (the idea of ``SdssCentroid``).  Peaks within the smoothing
+    half-width (plus one pixel) of the border or of a bad pixel are not reported.
+
+    JAX: ``sigma``, ``max_sources``, ``bin_size``, ``footprint`` and ``do_smooth`` are static; one
+    compilation per image shape, dtype and static set.  Not meant for differentiation (arg-max).
     """
     image = jnp.asarray(image)
     dtype = image.dtype
@@ -205,7 +230,7 @@ def detect_sources(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=100
 
 def detect_sources_banded(image, variance, bad, *, sigma, n_sigma=10.0, max_sources=1000, band_rows=1024,
                           do_smooth=True):
-    """:func:`detect_sources` on horizontal bands (with overlapping margins) to bound memory.
+    """Run :func:`detect_sources` on horizontal bands (with overlapping margins) to bound memory.
 
     Each band is processed with the same static shape (the last is padded with masked rows), a
     peak is kept by the band whose core rows contain it, and the strongest ``max_sources`` of all
@@ -253,7 +278,21 @@ def detect_sources_banded(image, variance, bad, *, sigma, n_sigma=10.0, max_sour
 
 
 def sources_to_table(sources: DetectedSources, xy0=(0, 0)):
-    """Astropy Table of the valid detections with PARENT positions (``x``, ``y``) and measurements."""
+    """Return an astropy Table of the valid detections with PARENT positions and measurements.
+
+    Parameters
+    ----------
+    sources : DetectedSources
+        Output of :func:`detect_sources` or :func:`detect_sources_banded`.
+    xy0 : tuple of int, optional
+        PARENT position of array element ``[0, 0]``, added to the positions.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``id`` (from 1), ``x``, ``y``, ``peak_x``, ``peak_y``, ``flux``, ``snr``, ``peak``;
+        ``meta`` holds ``threshold`` and ``background``.
+    """
     from astropy.table import Table
 
     s = jax.device_get(sources)

@@ -1,7 +1,7 @@
 """Two-dimensional spatial functions in afw's parameter order (polynomial and Chebyshev).
 
 The spatial models of the Alard-Lupton kernel and background use afw's ``PolynomialFunction2``
-and ``Chebyshev1Function2`` (spec: ``research/lsst_ip_diffim.md`` section 2.7). Both order their
+and ``Chebyshev1Function2`` (afw ``math/FunctionLibrary.h``). Both order their
 ``(order + 1)(order + 2) / 2`` terms by total degree, then by decreasing power of x::
 
     1, x, y, x^2, x y, y^2, x^3, x^2 y, x y^2, y^3, ...
@@ -11,8 +11,6 @@ conditioned far from the origin); ``"chebyshev1"`` evaluates ``T_i(x') T_j(y')``
 ``x' = (x - (x_min + x_max) / 2) * 2 / (x_max - x_min)`` over a ``Box2D`` range (pixel edges:
 ``Box2D(Box2I)`` spans ``[minX - 0.5, maxX + 0.5]``).
 """
-
-from __future__ import annotations
 
 from typing import NamedTuple
 
@@ -42,7 +40,7 @@ class SpatialRange(NamedTuple):
 
 
 def spatial_range_from_bbox(bbox) -> SpatialRange:
-    """``Box2D(bbox)`` of an inclusive integer box (:class:`jaxdiff.image.Box2I`): edges at +-0.5."""
+    """Return ``Box2D(bbox)`` of an inclusive integer box (:class:`jaxdiff.image.Box2I`): edges at +-0.5."""
     return SpatialRange(
         float(bbox.getMinX()) - 0.5, float(bbox.getMinY()) - 0.5,
         float(bbox.getMaxX()) + 0.5, float(bbox.getMaxY()) + 0.5,
@@ -50,7 +48,7 @@ def spatial_range_from_bbox(bbox) -> SpatialRange:
 
 
 def n_spatial_terms(order: int) -> int:
-    """Number of terms of a 2-D function of total degree ``order``: ``(order + 1)(order + 2) / 2``."""
+    """Return the number of terms of a 2-D function of total degree ``order``: ``(order + 1)(order + 2) / 2``."""
     order = int(order)
     if order < 0:
         raise ValueError(f"spatial order must be >= 0, got {order}")
@@ -58,7 +56,7 @@ def n_spatial_terms(order: int) -> int:
 
 
 def spatial_exponents(order: int) -> list[tuple[int, int]]:
-    """``(i, j)`` powers (x, y) of each term, in afw order (total degree, then decreasing x power)."""
+    """Return the ``(i, j)`` powers (x, y) of each term, in afw order (total degree, then decreasing x power)."""
     n_spatial_terms(order)
     return [(d - k, k) for d in range(int(order) + 1) for k in range(d + 1)]
 
@@ -81,7 +79,7 @@ def _power_table(t, order):
 
 
 def spatial_basis(x, y, order: int, *, model: str = "chebyshev1", xy_range: SpatialRange | None = None):
-    """Values of every spatial term at positions ``(x, y)``.
+    """Evaluate every spatial term at positions ``(x, y)``.
 
     Parameters
     ----------
@@ -99,6 +97,24 @@ def spatial_basis(x, y, order: int, *, model: str = "chebyshev1", xy_range: Spat
     array, shape ``broadcast(x, y).shape + (n_terms,)``
         Term values in afw parameter order. A spatial function with parameters ``p`` is
         ``spatial_basis(x, y, order) @ p``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``model``, a negative ``order``, or a missing or empty ``xy_range`` with
+        ``"chebyshev1"``.
+
+    Notes
+    -----
+    JAX: ``order``, ``model`` and ``xy_range`` are Python values fixed at trace time; the output
+    keeps the floating dtype of ``x`` and ``y`` (integers become the default float) and is
+    differentiable in ``x`` and ``y``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> np.asarray(spatial_basis(2.0, 3.0, 2, model="polynomial")).tolist()
+    [1.0, 2.0, 3.0, 4.0, 6.0, 9.0]
     """
     if model not in SPATIAL_MODELS:
         raise ValueError(f"unknown spatial model {model!r}; use one of {SPATIAL_MODELS}")

@@ -195,7 +195,7 @@ def _wcs_from_header(hdr, xy0=(0, 0)):
 
 
 def _native(arr):
-    """numpy copy in native byte order (FITS data are big-endian)."""
+    """Return a numpy copy in native byte order (FITS data are big-endian)."""
     arr = np.array(arr)
     return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder not in ("=", "|") else arr
 
@@ -309,7 +309,7 @@ def _build_hdulist(exposure):
         _set_float(phdr, "PHOTOCALIB_ERR", pc.getCalibrationErr(), "error of PHOTOCALIB_MEAN")
 
     hdus = [primary]
-    for name, plane in zip(_PLANES, (mi.getImage(), mi.getMask(), mi.getVariance())):
+    for name, plane in zip(_PLANES, (mi.getImage(), mi.getMask(), mi.getVariance()), strict=True):
         hdr = fits.Header()
         hdr["EXTNAME"] = name
         hdr["EXTTYPE"] = name
@@ -384,7 +384,7 @@ def _is_image_hdu(hdu):
 
 
 def _find_planes(hdul, path):
-    """Indices of the image, mask and variance HDUs."""
+    """Return the indices of the image, mask and variance HDUs."""
     found = {}
     for i, hdu in enumerate(hdul):
         for key in ("EXTNAME", "EXTTYPE"):
@@ -455,8 +455,8 @@ def readExposure(path):
         phdr = hdul[0].header
         flt = None
         if "FILTER" in phdr or "BAND" in phdr:
-            get = lambda k: str(phdr[k]).strip() if k in phdr else None  # noqa: E731
-            flt = FilterLabel(band=get("BAND"), physical=get("FILTER"))
+            band, physical = (str(phdr[k]).strip() if k in phdr else None for k in ("BAND", "FILTER"))
+            flt = FilterLabel(band=band, physical=physical)
         pc = None
         if "PHOTOCALIB_MEAN" in phdr:
             pc = PhotoCalib(float(phdr["PHOTOCALIB_MEAN"]), float(phdr.get("PHOTOCALIB_ERR", 0.0)))
@@ -474,7 +474,7 @@ def readExposure(path):
 
 
 def _as_2d(data):
-    """``data`` as a 2-D array if it is an image with at most trivial leading axes, else None."""
+    """Return ``data`` as a 2-D array if it is an image with at most trivial leading axes, else None."""
     if data is None or getattr(data, "ndim", 0) < 2 or int(np.prod(data.shape[:-2])) != 1:
         return None
     return data.reshape(data.shape[-2:])

@@ -6,7 +6,7 @@ numpy or JAX arrays and every container is a registered JAX pytree: the arrays a
 (origin, mask-plane dictionary, WCS, PhotoCalib, filter, metadata) is static auxiliary data. So an
 ``Exposure`` can be passed straight through ``jax.jit`` and ``jax.vmap``.
 
-Conventions (as in afw, see ``lsst_ip_diffim.md`` section 2.1):
+Conventions (as in afw, see ``lsst.afw.image`` ``ImageBase`` and ``lsst.geom.Box2I``):
 
 * arrays are indexed ``[y, x]``; an image of width W and height H has shape ``(H, W)``;
 * ``xy0 = (x0, y0)`` is the PARENT position of array element ``[0, 0]``; a pixel's integer
@@ -171,55 +171,72 @@ class Box2I:
 
     @property
     def maxX(self):
+        """Largest x inside the box (inclusive), ``minX + width - 1``."""
         return self.minX + self.width - 1
 
     @property
     def maxY(self):
+        """Largest y inside the box (inclusive), ``minY + height - 1``."""
         return self.minY + self.height - 1
 
     def getMinX(self):
+        """Return the smallest x inside the box."""
         return self.minX
 
     def getMinY(self):
+        """Return the smallest y inside the box."""
         return self.minY
 
     def getMaxX(self):
+        """Return the largest x inside the box (inclusive)."""
         return self.maxX
 
     def getMaxY(self):
+        """Return the largest y inside the box (inclusive)."""
         return self.maxY
 
     def getBeginX(self):
+        """Return the first x of the box, as ``getMinX``."""
         return self.minX
 
     def getBeginY(self):
+        """Return the first y of the box, as ``getMinY``."""
         return self.minY
 
     def getEndX(self):
+        """Return one past the largest x (exclusive end)."""
         return self.minX + self.width
 
     def getEndY(self):
+        """Return one past the largest y (exclusive end)."""
         return self.minY + self.height
 
     def getMin(self):
+        """Return the inclusive lower corner ``(minX, minY)``."""
         return (self.minX, self.minY)
 
     def getMax(self):
+        """Return the inclusive upper corner ``(maxX, maxY)``."""
         return (self.maxX, self.maxY)
 
     def getWidth(self):
+        """Return the width in pixels."""
         return self.width
 
     def getHeight(self):
+        """Return the height in pixels."""
         return self.height
 
     def getDimensions(self):
+        """Return ``(width, height)``."""
         return (self.width, self.height)
 
     def getArea(self):
+        """Return the number of pixels, ``width * height``."""
         return self.width * self.height
 
     def isEmpty(self):
+        """Return True if the box has no pixels."""
         return self.width == 0 or self.height == 0
 
     def getCenter(self):
@@ -227,7 +244,7 @@ class Box2I:
         return (0.5 * (self.minX + self.maxX), 0.5 * (self.minY + self.maxY))
 
     def contains(self, other):
-        """True if a point ``(x, y)`` or another box lies inside this box."""
+        """Return True if a point ``(x, y)`` or another box lies inside this box."""
         if isinstance(other, Box2I):
             return (
                 other.minX >= self.minX
@@ -239,6 +256,7 @@ class Box2I:
         return self.minX <= x <= self.maxX and self.minY <= y <= self.maxY
 
     def overlaps(self, other):
+        """Return True if this box and ``other`` share at least one pixel."""
         return not (
             other.maxX < self.minX
             or other.minX > self.maxX
@@ -247,6 +265,7 @@ class Box2I:
         )
 
     def clippedTo(self, other):
+        """Return the intersection with ``other`` (an empty box if they do not overlap)."""
         x0, y0 = max(self.minX, other.minX), max(self.minY, other.minY)
         x1, y1 = min(self.maxX, other.maxX), min(self.maxY, other.maxY)
         if x1 < x0 or y1 < y0:
@@ -316,10 +335,12 @@ class Image:
 
     # pytree ------------------------------------------------------------------------------
     def tree_flatten(self):
+        """Split into the array leaf and the static ``xy0`` (JAX pytree protocol)."""
         return (self._array,), (self._xy0,)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         obj._array = children[0]
         obj._xy0 = aux[0]
@@ -341,6 +362,7 @@ class Image:
         self._array = value
 
     def getArray(self):
+        """Return the pixel array ``[y, x]`` (the stored array, not a copy)."""
         return self._array
 
     def __array__(self, dtype=None, copy=None):
@@ -349,34 +371,44 @@ class Image:
 
     @property
     def shape(self):
+        """Array shape ``(H, W)``."""
         return tuple(self._array.shape)
 
     @property
     def dtype(self):
+        """Array dtype."""
         return self._array.dtype
 
     def getWidth(self):
+        """Return the width W in pixels."""
         return int(self._array.shape[1])
 
     def getHeight(self):
+        """Return the height H in pixels."""
         return int(self._array.shape[0])
 
     def getDimensions(self):
+        """Return ``(width, height)``."""
         return (self.getWidth(), self.getHeight())
 
     def getXY0(self):
+        """Return the PARENT origin ``(x0, y0)`` of array element ``[0, 0]``."""
         return self._xy0
 
     def setXY0(self, xy0):
+        """Set the PARENT origin ``(x0, y0)`` (pixels are not moved)."""
         self._xy0 = _xy0(xy0)
 
     def getX0(self):
+        """Return the PARENT x of array column 0."""
         return self._xy0[0]
 
     def getY0(self):
+        """Return the PARENT y of array row 0."""
         return self._xy0[1]
 
     def getBBox(self):
+        """Return the PARENT bounding box."""
         return Box2I(self._xy0, self.getDimensions())
 
     def clone(self):
@@ -441,10 +473,12 @@ class Mask(Image):
             raise TypeError(msg)
 
     def tree_flatten(self):
+        """Split into the array leaf and static ``xy0`` and planes (JAX pytree protocol)."""
         return (self._array,), (self._xy0, self._planes)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         obj._array = children[0]
         obj._xy0, obj._planes = aux
@@ -452,7 +486,7 @@ class Mask(Image):
 
     # planes ------------------------------------------------------------------------------
     def getMaskPlaneDict(self):
-        """``{name: bit index}`` of the planes this mask knows."""
+        """Return ``{name: bit index}`` of the planes this mask knows."""
         return dict(self._planes)
 
     def getMaskPlane(self, name):
@@ -498,6 +532,7 @@ class Mask(Image):
         self._set_array(self._array & ~(1 << int(bit)))
 
     def clearAllMaskPlanes(self):
+        """Clear every bit of every pixel (the plane dictionary is kept)."""
         self._set_array(self._array * 0)
 
     def setMaskPlaneValues(self, bit, x0, x1, y):
@@ -609,10 +644,12 @@ class MaskedImage:
         self._image, self._mask, self._variance = image, mask, variance
 
     def tree_flatten(self):
+        """Split into the three plane leaves (JAX pytree protocol)."""
         return (self._image, self._mask, self._variance), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from the three planes (JAX pytree protocol)."""
         obj = object.__new__(cls)
         obj._image, obj._mask, obj._variance = children
         return obj
@@ -620,6 +657,7 @@ class MaskedImage:
     # properties and LSST accessors --------------------------------------------------------
     @property
     def image(self):
+        """Image plane (:class:`Image`); assigning copies the pixels in."""
         return self._image
 
     @image.setter
@@ -628,6 +666,7 @@ class MaskedImage:
 
     @property
     def mask(self):
+        """Mask plane (:class:`Mask`); assigning copies the bits in."""
         return self._mask
 
     @mask.setter
@@ -636,6 +675,7 @@ class MaskedImage:
 
     @property
     def variance(self):
+        """Variance plane (:class:`Image`); assigning copies the pixels in."""
         return self._variance
 
     @variance.setter
@@ -643,46 +683,58 @@ class MaskedImage:
         self._variance.array = value.array if isinstance(value, Image) else value
 
     def getImage(self):
+        """Return the image plane."""
         return self._image
 
     def getMask(self):
+        """Return the mask plane."""
         return self._mask
 
     def getVariance(self):
+        """Return the variance plane."""
         return self._variance
 
     def getArrays(self):
-        """``(image, mask, variance)`` arrays."""
+        """Return the ``(image, mask, variance)`` arrays."""
         return self._image.array, self._mask.array, self._variance.array
 
     @property
     def shape(self):
+        """Array shape ``(H, W)`` shared by the planes."""
         return self._image.shape
 
     @property
     def dtype(self):
+        """Dtype of the image plane."""
         return self._image.dtype
 
     def getWidth(self):
+        """Return the width W in pixels."""
         return self._image.getWidth()
 
     def getHeight(self):
+        """Return the height H in pixels."""
         return self._image.getHeight()
 
     def getDimensions(self):
+        """Return ``(width, height)``."""
         return self._image.getDimensions()
 
     def getXY0(self):
+        """Return the PARENT origin ``(x0, y0)``."""
         return self._image.getXY0()
 
     def setXY0(self, xy0):
+        """Set the PARENT origin of all three planes."""
         for plane in (self._image, self._mask, self._variance):
             plane.setXY0(xy0)
 
     def getBBox(self):
+        """Return the PARENT bounding box."""
         return self._image.getBBox()
 
     def clone(self):
+        """Return a deep copy of the three planes (numpy arrays are copied)."""
         new = object.__new__(MaskedImage)
         new._image, new._mask, new._variance = (
             self._image.clone(),
@@ -692,6 +744,7 @@ class MaskedImage:
         return new
 
     def subset(self, bbox):
+        """Return the MaskedImage over a PARENT ``Box2I`` (views for numpy arrays)."""
         new = object.__new__(MaskedImage)
         new._image = self._image.subset(bbox)
         new._mask = self._mask.subset(bbox)
@@ -703,7 +756,7 @@ class MaskedImage:
             raise TypeError("index a MaskedImage with a PARENT Box2I")
         return self.subset(bbox)
 
-    # arithmetic (afw section 2.4 rules) ----------------------------------------------------
+    # arithmetic (afw ``MaskedImage`` operator rules: variances add, masks OR) ---------------------
     def _combine(self, other, sign):
         if isinstance(other, MaskedImage):
             if other.shape != self.shape:
@@ -766,12 +819,15 @@ class PhotoCalib:
         self._mean, self._err = mean, float(calibrationErr)
 
     def getCalibrationMean(self):
+        """Return the calibration mean (nJy per count)."""
         return self._mean
 
     def getCalibrationErr(self):
+        """Return the uncertainty of the calibration mean."""
         return self._err
 
     def instFluxToNanojansky(self, instFlux):
+        """Convert an instrumental flux (counts) to nJy."""
         return instFlux * self._mean
 
     def calibrateImage(self, maskedImage):
@@ -797,9 +853,11 @@ class FilterLabel:
         self.band, self.physicalLabel = band, physical
 
     def hasBandLabel(self):
+        """Return True if a band name is set."""
         return self.band is not None
 
     def hasPhysicalLabel(self):
+        """Return True if a physical filter name is set."""
         return self.physicalLabel is not None
 
     def __eq__(self, other):
@@ -861,10 +919,12 @@ class Exposure:
         self._metadata = _Static(metadata if metadata is not None else {})
 
     def tree_flatten(self):
+        """Split into leaves (planes, PSF) and static data (JAX pytree protocol)."""
         return (self._maskedImage, self._psf), (self._wcs, self._photoCalib, self._filter, self._metadata)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         obj._maskedImage, obj._psf = children
         obj._wcs, obj._photoCalib, obj._filter, obj._metadata = aux
@@ -873,6 +933,7 @@ class Exposure:
     # properties ----------------------------------------------------------------------------
     @property
     def maskedImage(self):
+        """The :class:`MaskedImage`; a replacement must have the same shape."""
         return self._maskedImage
 
     @maskedImage.setter
@@ -883,18 +944,22 @@ class Exposure:
 
     @property
     def image(self):
+        """Image plane of the masked image."""
         return self._maskedImage.image
 
     @property
     def mask(self):
+        """Mask plane of the masked image."""
         return self._maskedImage.mask
 
     @property
     def variance(self):
+        """Variance plane of the masked image."""
         return self._maskedImage.variance
 
     @property
     def psf(self):
+        """PSF model, or None."""
         return self._psf
 
     @psf.setter
@@ -903,6 +968,7 @@ class Exposure:
 
     @property
     def wcs(self):
+        """Celestial WCS (astropy), or None."""
         return self._wcs.value
 
     @wcs.setter
@@ -911,6 +977,7 @@ class Exposure:
 
     @property
     def photoCalib(self):
+        """Photometric calibration, or None."""
         return self._photoCalib
 
     @photoCalib.setter
@@ -919,94 +986,121 @@ class Exposure:
 
     @property
     def filter(self):
+        """Filter label, or None."""
         return self._filter
 
     @property
     def metadata(self):
+        """Header cards carried along (astropy Header or dict)."""
         return self._metadata.value
 
     @property
     def shape(self):
+        """Array shape ``(H, W)``."""
         return self._maskedImage.shape
 
     @property
     def dtype(self):
+        """Dtype of the image plane."""
         return self._maskedImage.dtype
 
     # LSST accessors ------------------------------------------------------------------------
     def getMaskedImage(self):
+        """Return the :class:`MaskedImage`."""
         return self._maskedImage
 
     def setMaskedImage(self, maskedImage):
+        """Replace the :class:`MaskedImage` (same shape)."""
         self.maskedImage = maskedImage
 
     def getImage(self):
+        """Return the image plane."""
         return self._maskedImage.image
 
     def getMask(self):
+        """Return the mask plane."""
         return self._maskedImage.mask
 
     def getVariance(self):
+        """Return the variance plane."""
         return self._maskedImage.variance
 
     def getPsf(self):
+        """Return the PSF model, or None."""
         return self._psf
 
     def setPsf(self, psf):
+        """Set the PSF model (anything with ``computeKernelImage``), or None."""
         if psf is not None and not hasattr(psf, "computeKernelImage"):
             raise TypeError(f"psf must provide computeKernelImage(position), got {type(psf).__name__}")
         self._psf = psf
 
     def hasPsf(self):
+        """Return True if a PSF is attached."""
         return self._psf is not None
 
     def getWcs(self):
+        """Return the celestial WCS, or None."""
         return self._wcs.value
 
     def setWcs(self, wcs):
+        """Set the celestial WCS (an astropy WCS), or None."""
         if wcs is not None and not hasattr(wcs, "pixel_to_world"):
             raise TypeError(f"wcs must be an astropy.wcs.WCS, got {type(wcs).__name__}")
         self._wcs = _Static(wcs)
 
     def hasWcs(self):
+        """Return True if a WCS is attached."""
         return self._wcs.value is not None
 
     def getPhotoCalib(self):
+        """Return the photometric calibration, or None."""
         return self._photoCalib
 
     def setPhotoCalib(self, photoCalib):
+        """Set the photometric calibration (a :class:`PhotoCalib`), or None."""
         if photoCalib is not None and not isinstance(photoCalib, PhotoCalib):
             raise TypeError(f"photoCalib must be a jaxdiff.PhotoCalib, got {type(photoCalib).__name__}")
         self._photoCalib = photoCalib
 
     def getFilter(self):
+        """Return the filter label, or None."""
         return self._filter
 
     def setFilter(self, filterLabel):
+        """Set the filter label."""
         self._filter = filterLabel
 
     def getMetadata(self):
+        """Return the header cards."""
         return self._metadata.value
 
     def setMetadata(self, metadata):
+        """Set the header cards (astropy Header or dict)."""
         self._metadata = _Static(metadata)
 
     def getBBox(self):
+        """Return the PARENT bounding box."""
         return self._maskedImage.getBBox()
 
     def getXY0(self):
+        """Return the PARENT origin ``(x0, y0)``."""
         return self._maskedImage.getXY0()
 
     def setXY0(self, xy0):
+        """Set the PARENT origin of all planes."""
         self._maskedImage.setXY0(xy0)
 
     def getDimensions(self):
+        """Return ``(width, height)``."""
         return self._maskedImage.getDimensions()
 
     def getWidth(self):
+        """Return the width W in pixels."""
         return self._maskedImage.getWidth()
 
     def getHeight(self):
+        """Return the height H in pixels."""
         return self._maskedImage.getHeight()
 
     def clone(self):

@@ -6,7 +6,7 @@ Every model follows the ``lsst.afw.detection.Psf`` calls that ip_diffim uses:
   odd box, normalised to sum 1, centred on the box's centre pixel (array index ``n // 2``), with
   ``xy0 = (-ctrX, -ctrY)`` as in afw;
 * ``computeShape(position).getDeterminantRadius()`` is ``(Ixx Iyy - Ixy^2)^(1/4)`` of adaptive
-  (Gaussian-weighted) moments, ``= sigma`` for a Gaussian (spec section 2.2);
+  (Gaussian-weighted) moments, ``= sigma`` for a Gaussian (afw ``Quadrupole::getDeterminantRadius``);
 * ``getSigma(position)`` and ``getFwhm(position)`` (``= 2 sqrt(2 ln 2) sigma``) are shortcuts;
 * ``getAveragePosition()`` and ``computeBBox()``.
 
@@ -90,19 +90,23 @@ class Quadrupole:
         self.ixx, self.iyy, self.ixy = float(ixx), float(iyy), float(ixy)
 
     def getIxx(self):
+        """Return the second moment ``Ixx`` (pixels^2)."""
         return self.ixx
 
     def getIyy(self):
+        """Return the second moment ``Iyy`` (pixels^2)."""
         return self.iyy
 
     def getIxy(self):
+        """Return the cross moment ``Ixy`` (pixels^2)."""
         return self.ixy
 
     def getDeterminantRadius(self):
-        """``(Ixx Iyy - Ixy^2)^(1/4)``; equals sigma for a circular Gaussian."""
+        """Return ``(Ixx Iyy - Ixy^2)^(1/4)``; it equals sigma for a circular Gaussian."""
         return float((self.ixx * self.iyy - self.ixy**2) ** 0.25)
 
     def getTraceRadius(self):
+        """Return ``sqrt((Ixx + Iyy) / 2)``; equals sigma for a circular Gaussian."""
         return float(np.sqrt(0.5 * (self.ixx + self.iyy)))
 
     def __repr__(self):
@@ -178,13 +182,16 @@ class _PsfBase:
         return self.computeKernelImage(position).array
 
     def computeBBox(self, position=None):
+        """Return the kernel box, centred on pixel ``(0, 0)`` as in afw."""
         w, h = self._dims()
         return Box2I((-(w // 2), -(h // 2)), (w, h))
 
     def getDimensions(self):
+        """Return the kernel box size ``(width, height)``."""
         return self._dims()
 
     def getAveragePosition(self):
+        """Return the PARENT position used when no position is given."""
         return getattr(self, "_avg_position", (0.0, 0.0))
 
     def computeShape(self, position=None):
@@ -192,7 +199,7 @@ class _PsfBase:
         return adaptive_moments(np.asarray(self.computeKernelArray(position)))
 
     def getSigma(self, position=None):
-        """Determinant radius in pixels (= sigma for a Gaussian)."""
+        """Return the determinant radius in pixels (= sigma for a Gaussian)."""
         return self.computeShape(position).getDeterminantRadius()
 
     def getFwhm(self, position=None):
@@ -200,6 +207,7 @@ class _PsfBase:
         return FWHM_PER_SIGMA * self.getSigma(position)
 
     def clone(self):
+        """Return this PSF (the models are immutable)."""
         return self
 
 
@@ -224,10 +232,12 @@ class GaussianPsf(_PsfBase):
         self._width, self._height, self._sigma = int(width), int(height), sigma
 
     def tree_flatten(self):
+        """Split into the sigma leaf and the static box size (JAX pytree protocol)."""
         return (self._sigma,), (self._width, self._height)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         obj._width, obj._height = aux
         (obj._sigma,) = children
@@ -235,6 +245,7 @@ class GaussianPsf(_PsfBase):
 
     @property
     def sigma(self):
+        """Gaussian sigma in pixels (a pytree leaf)."""
         return self._sigma
 
     def _dims(self):
@@ -263,10 +274,12 @@ class MoffatPsf(_PsfBase):
         self._fwhm, self._beta = float(fwhm), float(beta)
 
     def tree_flatten(self):
+        """Split into the fwhm/beta leaves and the static box size (JAX pytree protocol)."""
         return (self._fwhm, self._beta), (self._width, self._height)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         obj._width, obj._height = aux
         obj._fwhm, obj._beta = children
@@ -315,10 +328,12 @@ class ImagePsf(_PsfBase):
         self._avg_position = tuple(float(v) for v in averagePosition)
 
     def tree_flatten(self):
+        """Split into the kernel-array leaf and the static average position (JAX pytree protocol)."""
         return (self._array,), (self._avg_position,)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         (obj._array,) = children
         (obj._avg_position,) = aux
@@ -326,6 +341,7 @@ class ImagePsf(_PsfBase):
 
     @property
     def array(self):
+        """The stored (unnormalised) kernel array."""
         return self._array
 
     def _dims(self):
@@ -377,10 +393,12 @@ class GridPsf(_PsfBase):
         self._avg_position = (float(xs.mean()), float(ys.mean()))
 
     def tree_flatten(self):
+        """Split into the image-stack leaf and static grid positions (JAX pytree protocol)."""
         return (self._images,), (self._xs, self._ys, self._avg_position)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Rebuild from static data and leaves (JAX pytree protocol)."""
         obj = object.__new__(cls)
         (obj._images,) = children
         obj._xs, obj._ys, obj._avg_position = aux
@@ -388,14 +406,17 @@ class GridPsf(_PsfBase):
 
     @property
     def images(self):
+        """Kernel images at the grid nodes, shape ``(ny, nx, h, w)``."""
         return self._images
 
     @property
     def xCenters(self):
+        """PARENT x positions of the grid columns."""
         return np.asarray(self._xs)
 
     @property
     def yCenters(self):
+        """PARENT y positions of the grid rows."""
         return np.asarray(self._ys)
 
     def _dims(self):

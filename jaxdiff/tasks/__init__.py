@@ -1,6 +1,6 @@
 """LSST task shell: ``ZogyImagePsfMatchTask``, ``ImagePsfMatchTask`` and their configs.
 
-The classes mirror ``lsst.ip.diffim`` (seed API in ``shared/seeds/ZogyImagePsfMatchTask-api.txt``)
+The classes mirror ``lsst.ip.diffim`` (the public surface of ip_diffim's ``zogy.py`` and ``imagePsfMatch.py``)
 on top of a small re-implementation of ``lsst.pipe.base.Task``/``Struct`` and ``lsst.pex.config``
 (:mod:`jaxdiff.tasks._base`, :mod:`jaxdiff.tasks._config`).  camelCase names here follow LSST.
 """

@@ -1,7 +1,7 @@
 """Pure-Python equivalent of the ``lsst.pipe.base`` task shell: `Task`, `Struct`, `TaskMetadata`.
 
 Also provides the ``lsst.utils.timer`` pair `timeMethod` / `logInfo`. The behaviour mirrors LSST
-(see ``shared/research/lsst_ip_diffim.md`` §6) with one JAX-specific addition: because JAX
+(pipe_base ``task.py`` and ``struct.py``, utils ``timer.py``) with one JAX-specific addition: because JAX
 dispatches work asynchronously, timers wait for JAX results before writing their ``...End*``
 entries (see `timeMethod` and `Task.timer`). JAX is imported only if the caller already did.
 """
@@ -171,7 +171,7 @@ class TaskMetadata:
         return [self[head]]
 
     def get(self, key: str, default: Any = None) -> Any:
-        """``self[key]``, or ``default`` if missing."""
+        """Return ``self[key]``, or ``default`` if missing."""
         try:
             return self[key]
         except KeyError:
@@ -305,8 +305,11 @@ class Struct(types.SimpleNamespace):
 
 
 def _jaxArrays(obj: Any, jax: Any, depth: int = 4) -> list:
-    """JAX arrays reachable from ``obj``: pytree leaves, `Struct` items, and (up to ``depth``
-    levels) attributes of plain objects such as exposures."""
+    """Collect the JAX arrays reachable from ``obj``.
+
+    These are pytree leaves, `Struct` items, and (up to ``depth`` levels) attributes of plain
+    objects such as exposures.
+    """
     found: list = []
     seen: set[int] = set()
 
@@ -420,7 +423,7 @@ def timeMethod(
     logger: logging.Logger | None = None,
     logLevel: int = logging.DEBUG,
 ) -> Callable:
-    """Decorator recording ``<name>Start*`` / ``<name>End*`` `logInfo` entries around a method.
+    """Record ``<name>Start*`` / ``<name>End*`` `logInfo` entries around a method (a decorator).
 
     Before the End entry is written the returned value is waited for (`blockUntilReady`: every JAX
     array in it, including `Struct` items and exposure-like attributes), so the End entries time the
@@ -564,8 +567,10 @@ class Task:
         return full
 
     def makeSubtask(self, name: str, **keyArgs: Any) -> None:
-        """Create subtask ``name`` from the `ConfigurableField` ``self.config.<name>`` and set it as
-        attribute ``name``; ``keyArgs`` are passed to the subtask constructor."""
+        """Create subtask ``name`` from the `ConfigurableField` ``self.config.<name>``.
+
+        The subtask is set as attribute ``name``; ``keyArgs`` are passed to its constructor.
+        """
         field = getattr(self.config, name, None)
         if field is None:
             raise KeyError(f"{self.getFullName()}'s config does not have field {name!r}")
@@ -596,7 +601,7 @@ class Task:
 
     @classmethod
     def makeField(cls, doc: str) -> ConfigurableField:
-        """A `ConfigurableField` targeting this task, for declaring it as a subtask in a config."""
+        """Return a `ConfigurableField` targeting this task, for declaring it as a subtask in a config."""
         return ConfigurableField(doc=doc, target=cls)
 
     def __reduce__(self):

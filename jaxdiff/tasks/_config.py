@@ -854,7 +854,7 @@ class Config:
         return [getattr(self, k) for k in self._fields]
 
     def items(self):
-        """``(name, value)`` pairs."""
+        """Return the ``(name, value)`` pairs."""
         return [(k, getattr(self, k)) for k in self._fields]
 
     @property

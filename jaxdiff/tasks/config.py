@@ -1,11 +1,12 @@
-"""Config classes of ``lsst.ip.diffim`` (ZOGY and Alard-Lupton PSF matching), with LSST field names,
-types, defaults and checks (ip_diffim at commit d833f8f, January 2023, "REF").
+r"""Config classes of ``lsst.ip.diffim`` (ZOGY and Alard-Lupton PSF matching), with LSST's fields.
+
+Field names, types, defaults and checks follow ip_diffim at commit d833f8f ("REF").
 
 Configs from other LSST packages that ip_diffim nests (afw ``WarperConfig``, meas_algorithms
 ``SubtractBackgroundConfig`` and ``SourceDetectionConfig``, meas_base
 ``SingleFrameMeasurementConfig``) are reduced to the fields that matter for image differencing.
-In LSST, ``selectDetection`` and ``selectMeasurement`` are `ConfigurableField`\\s of those tasks;
-here they are plain `ConfigField`\\s, so the task builds them explicitly.
+In LSST, ``selectDetection`` and ``selectMeasurement`` are `ConfigurableField`\s of those tasks;
+here they are plain `ConfigField`\s, so the task builds them explicitly.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _KERNELS = {
 
 
 def _rule(description, func):
-    """A ``check`` callable whose ``description`` completes "value ... is not valid; it <description>"."""
+    """Return ``func`` as a ``check`` whose ``description`` completes "value ... is not valid; it <description>"."""
     func.description = description
     return func
 
@@ -254,8 +255,10 @@ class SubtractBackgroundConfig(Config):
 
 
 class SourceDetectionConfig(Config):
-    """Source detection (meas_algorithms ``SourceDetectionConfig``, reduced to what candidate
-    selection needs; defaults as of 2022)."""
+    """Source detection (meas_algorithms ``SourceDetectionConfig``).
+
+    Reduced to the fields that candidate selection needs, with meas_algorithms' defaults.
+    """
 
     minPixels = RangeField(dtype=int, default=1, min=0, doc="Minimum number of pixels in a detection.")
     isotropicGrow = Field(dtype=bool, default=False, doc="Grow footprints isotropically.")
@@ -294,6 +297,7 @@ class SourceDetectionConfig(Config):
     doTempWideBackground = Field(dtype=bool, default=False, doc="Apply a temporary wide background.")
 
     def setDefaults(self):
+        """Set LSST's defaults: a 64-pixel AKIMA-spline temporary local background."""
         super().setDefaults()
         self.tempLocalBackground.binSize = 64
         self.tempLocalBackground.algorithm = "AKIMA_SPLINE"
@@ -489,11 +493,13 @@ class PsfMatchConfigAL(PsfMatchConfig):
     )
 
     def setDefaults(self):
+        """Select the Alard-Lupton basis and its maximum condition number."""
         super().setDefaults()
         self.kernelBasisSet = "alard-lupton"
         self.maxConditionNumber = 5.0e7
 
     def validate(self):
+        """Check that there is one degree and one sigma per Gaussian."""
         super().validate()
         for name in ("alardDegGauss", "alardSigGauss"):
             if len(getattr(self, name)) != self.alardNGauss:
@@ -554,6 +560,7 @@ class PsfMatchConfigDF(PsfMatchConfig):
     lambdaStep = Field(dtype=float, default=0.1, doc="Step of the lambda scan.")
 
     def setDefaults(self):
+        """Select the delta-function basis with PCA spatial kernels, as LSST does."""
         super().setDefaults()
         self.kernelBasisSet = "delta-function"
         self.maxConditionNumber = 5.0e6
@@ -583,6 +590,7 @@ class ImagePsfMatchConfig(Config):
     )
 
     def setDefaults(self):
+        """Set LSST's detection threshold and measurement plugins for kernel candidates."""
         super().setDefaults()
         self.selectDetection.reEstimateBackground = False
         self.selectDetection.thresholdValue = 10.0
