@@ -198,6 +198,10 @@ def _jax_setup(dtype):
     return jax
 
 
+def _zogy_images(zogy, psf_new, psf_ref, new, ref, var_new, var_ref, **kw):
+    return zogy(new, ref, psf_new, psf_ref, var_new, var_ref, **kw)
+
+
 def _zogy_args(jax, dev, meta, variant):
     vn, vr = (dev["var_new"], dev["var_ref"]) if variant == "pixel" else (meta["sky_var_new"], meta["sky_var_ref"])
     kw = dict(new_noise_var=meta["sky_var_new"], ref_noise_var=meta["sky_var_ref"], f_new=meta["flux_ratio"], f_ref=1.0)
@@ -267,16 +271,25 @@ def worker_jax(args):
     sfft.rfft2(a["new"], workers=2)
     res["rfft2_scipy_s"] = _median(timed(lambda: sfft.rfft2(a["new"], workers=2), args.floor_repeats))
 
-    # (2) jaxdiff zogy, per-pixel and scalar variances
-    dev = {k: jax.device_put(v) for k, v in a.items() if k != "sky"}
+    # (2) jaxdiff zogy, per-pixel and scalar variances.  Images on the device; the PSF stamps stay
+    # float64 numpy, as a PSF model gives them (zogy keeps their float64 precision in float32 too)
+    dev = {k: jax.device_put(v) for k, v in a.items() if k not in ("sky", "psf_new", "psf_ref")}
     jax.block_until_ready(dev)
+    for k in ("psf_new", "psf_ref"):
+        dev[k] = np.load(Path(args.data) / f"{k}.npy").astype(np.float64)
     scorr = {}
     for variant in ("pixel", "scalar"):
         zargs, kw = _zogy_args(jax, dev, meta, variant)
         call = functools.partial(_run_blocking, zogy, *zargs, **kw)
-        wrapped = jax.jit(functools.partial(zogy, **kw))
+        probe = zogy(*zargs, **kw)  # the kernel path zogy chooses for these PSFs (box or full grid)
+        mode = "full" if bool(probe.full_grid) else "box"
+        del probe
+        jax.clear_caches()
+        # compile time and HLO of that path, with the images traced and the PSFs as constants
+        wrapped = jax.jit(functools.partial(_zogy_images, zogy, zargs[2], zargs[3], kernel_mode=mode, **kw))
+        zimg = (zargs[0], zargs[1], zargs[4], zargs[5])
         t0 = time.perf_counter()
-        lowered = wrapped.lower(*zargs)
+        lowered = wrapped.lower(*zimg)
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
@@ -382,8 +395,10 @@ def worker_mem(args):
         from jaxdiff.core.zogy import zogy
 
         a, meta = load_pair(args.data, np.dtype(args.dtype))
-        dev = {k: jax.device_put(v) for k, v in a.items() if k != "sky"}
+        dev = {k: jax.device_put(v) for k, v in a.items() if k not in ("sky", "psf_new", "psf_ref")}
         jax.block_until_ready(dev)
+        for k in ("psf_new", "psf_ref"):  # float64 numpy stamps, as in the jax worker
+            dev[k] = np.load(Path(args.data) / f"{k}.npy").astype(np.float64)
         del a  # the device copies are the inputs
         zargs, kw = _zogy_args(jax, dev, meta, args.variant)
         compiled = jax.jit(functools.partial(zogy, **kw)).lower(*zargs).compile()

@@ -1,8 +1,9 @@
 """ZOGY proper image subtraction tasks: ``ZogyTask`` and ``ZogyImagePsfMatchTask`` (seed API).
 
-The numerical work is done by the pure core (:func:`jaxdiff.core.zogy.zogy` and
-:func:`jaxdiff.core.zogy_grid.zogy_grid`); these classes only convert Exposures to arrays, apply the
-configuration, call the jitted core once, and wrap the arrays back into Exposures.
+The numerical work is done by the pure core (:func:`jaxdiff.core.zogy_grid.zogy_cells`, which runs
+:func:`jaxdiff.core.zogy.zogy` per cell, with :mod:`jaxdiff.core.zogy_prepare` before and after);
+these classes only convert Exposures to arrays, apply the configuration, call the jitted core, and
+wrap the arrays back into Exposures.
 
 Conventions (Zackay, Ofek & Gal-Yam 2016, "ZOGY"): the difference is ``science - template``
 (paper: N - R), in the photometric units of the (calibrated) science image; ``S`` is the proper
@@ -44,13 +45,12 @@ Deviations from LSST's ``ip_diffim`` (2021-2023 ``zogy.py``), each deliberate:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core.stats import clipped_stats, robust_std
+from ..core.stats import clipped_stats
+from ..core.zogy_prepare import finish_difference_planes, finish_score_planes, prepare_zogy_input
 from ..image.image import Exposure, Image, Mask, MaskedImage, PhotoCalib
 from ..image.psf import GridPsf, ImagePsf
 from ._base import Struct, Task, timeMethod
@@ -67,125 +67,9 @@ _FILL_PLANES = ("BAD", "SAT", "CR", "NO_DATA")
 
 
 def _grid_boxes(size, inner):
-    """Number of cells and inner cell size along one axis (LSST ``generateGrid`` rule)."""
+    """Return the number of cells and the inner cell size along one axis (LSST ``generateGrid`` rule)."""
     n = max(size // inner, 1)
     return n, -(-size // n)  # ceil so that n cells of equal size cover the axis
-
-
-def _variance_scale(image, variance, usable, var_stats):
-    """Factor that makes ``variance`` describe the pixel noise of ``image`` (ScaleVarianceTask idea).
-
-    The squared robust (IQR) standard deviation of ``image / sqrt(variance)`` over sky pixels:
-    usable pixels whose variance is not raised by source photon noise (at most the clipped mean
-    ``var_stats`` plus 3 sigma); the IQR ignores what remains of the sources.  (A 3-sigma clipped
-    variance would be 2.7 % low for Gaussian noise: the clip truncates the tails.)  Returns the
-    factor and the number of sky pixels; the factor is NaN without sky pixels.
-    """
-    sky = usable & (variance <= var_stats.mean * (1 + 1e-6) + 3 * jnp.sqrt(var_stats.variance))
-    ratio = image / jnp.sqrt(jnp.where(usable, variance, 1.0))
-    std = robust_std(ratio, sky)
-    return std * std, jnp.sum(sky & jnp.isfinite(ratio))
-
-
-@functools.partial(jax.jit, static_argnames=("and_mask", "fill_bits", "correct_background", "scale_variance"))
-def _prepare_arrays(image, variance, mask, scale, *, and_mask, fill_bits, correct_background, scale_variance):
-    """One input's arrays for ZOGY (one compiled program, no eager full-size passes).
-
-    Calibrated image and variance (``scale`` = PhotoCalib mean or 1), bad pixels (non-finite or
-    in ``fill_bits``) filled with the clipped means, optional background subtraction and the
-    ScaleVarianceTask-like rescaling.  Returns image, variance, mask, bad, good, nonfinite, the
-    variance scale factor, the noise level (clipped mean of the final variance over the good
-    pixels, as ``cell_noise_variances`` computes it for one cell: clipping commutes with the
-    scaling) and a dict of the statistics with their pixel counts, for the host-side check
-    (:meth:`ZogyTask._checkInputStatistics`).
-    """
-    image = jnp.asarray(image) * scale
-    variance = jnp.asarray(variance) * (scale * scale)
-    mask = jnp.asarray(mask)
-    nonfinite = ~(jnp.isfinite(image) & jnp.isfinite(variance))
-    bad = nonfinite | ((mask & fill_bits) != 0)
-    good = ~bad & ((mask & and_mask) == 0)
-    unmasked = (mask & (fill_bits | and_mask)) == 0
-    checks = {"nGood": jnp.sum(good), "nUnmasked": jnp.sum(unmasked),
-              "nFiniteImage": jnp.sum(unmasked & jnp.isfinite(image)),
-              "nUsableVariance": jnp.sum(unmasked & jnp.isfinite(variance) & (variance > 0))}
-    if correct_background:
-        bg = clipped_stats(image, good)
-        image = image - bg.mean
-        checks.update(background=bg.mean, backgroundUsed=bg.n_used)
-    im_stats = clipped_stats(image, good)
-    positive = good & (variance > 0)
-    var_stats = clipped_stats(variance, positive)
-    checks.update(imageMean=im_stats.mean, imageUsed=im_stats.n_used, varianceMean=var_stats.mean,
-                  varianceUsed=var_stats.n_used, nPositive=jnp.sum(positive))
-    # fill bad pixels with the clipped mean of the good ones (LSST: the NaN-mean of the plane)
-    image = jnp.where(bad, im_stats.mean, image)
-    variance = jnp.where(bad, var_stats.mean, variance)
-    factor = jnp.asarray(1.0, image.dtype)
-    if scale_variance:
-        factor, n_sky = _variance_scale(image - im_stats.median, variance, positive, var_stats)
-        variance = variance * factor
-        checks.update(varianceScale=factor, varianceScaleUsed=n_sky)
-    return image, variance, mask, bad, good, nonfinite, factor, var_stats.mean * factor, checks
-
-
-@functools.partial(jax.jit, static_argnames=("no_data", "edge_bits", "edge", "and_mask", "calculate_score",
-                                             "normalize", "scale_variance", "out_dtype"))  # fmt: skip
-def _finish_arrays(res, bad1, bad2, mask1, mask2, nonfinite1, nonfinite2, *, no_data, edge_bits, edge, and_mask,
-                   calculate_score, normalize, scale_variance, out_dtype):  # fmt: skip
-    """Output planes from the ZOGY core result (one compiled program).
-
-    Masks OR-ed, NO_DATA where an input was non-finite, EDGE in the band of half a PSF box
-    along the edges; S and S_corr zeroed (variance 1) at filled or variance-less pixels.  Two
-    optional calibrations keep every variance plane a description of its image's noise:
-
-    * ``scale_variance`` (``doScaleVariance``): the difference variance is rescaled to the
-      measured pixel noise of D, as the inputs' are (the propagated variance assumes white
-      input noise; resampled inputs have correlated noise, and the per-pixel rescaling of the
-      inputs then over- or under-states D's noise);
-    * ``normalize`` (``doNormalizeScore``): S_corr is divided by its robust standard deviation
-      ``norm`` and the variance of S multiplied by ``norm**2`` (S / sqrt(var S) = S_corr).
-
-    Returns a dict: ``diff``, ``diffVar``, ``mask``, ``score``, ``scoreVar``, ``scoreCorr``
-    (the score entries ``None`` without the score), ``norm`` and ``diffVarScale`` (1 when not
-    applied) and the pixel counts behind them (``normUsed``, ``diffVarScaleUsed``).
-    """
-    bad = bad1 | bad2
-    out_mask = mask1 | mask2
-    out_mask = jnp.where(nonfinite1 | nonfinite2, out_mask | no_data, out_mask)
-    height, width = out_mask.shape
-    edge_y, edge_x = edge
-    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
-    in_edge = (rows < edge_y) | (rows >= height - edge_y) | (cols < edge_x) | (cols >= width - edge_x)
-    out_mask = jnp.where(in_edge, out_mask | edge_bits, out_mask)
-    usable = ~bad & ((out_mask & and_mask) == 0)
-    diff, diff_var = res.difference, res.difference_variance
-    one = jnp.asarray(1.0, diff.dtype)
-    out = {"norm": one, "diffVarScale": one}
-    if scale_variance:  # the inputs' recipe, on D
-        ok = usable & jnp.isfinite(diff) & jnp.isfinite(diff_var) & (diff_var > 0)
-        factor, n_sky = _variance_scale(diff, diff_var, ok, clipped_stats(diff_var, ok))
-        diff_var = diff_var * factor
-        out.update(diffVarScale=factor, diffVarScaleUsed=n_sky)
-    out.update(diff=diff.astype(out_dtype), diffVar=diff_var.astype(out_dtype), mask=out_mask,
-               score=None, scoreVar=None, scoreCorr=None)
-    if not calculate_score:
-        return out
-    tiny_var = 100 * jnp.finfo(res.score_variance.dtype).tiny
-    flagged = bad | (res.score_variance < tiny_var)
-    score = jnp.where(flagged, 0.0, res.score)
-    score_var = jnp.where(flagged, 1.0, res.score_variance)
-    score_corr = jnp.where(flagged, 0.0, res.score_corr)
-    if normalize:
-        ok = ~flagged & ((out_mask & and_mask) == 0)
-        norm = robust_std(score_corr, ok)
-        score_corr = score_corr / norm
-        # S / sqrt(var S) = S_corr: the same calibration applies to S's variance
-        score_var = jnp.where(flagged, score_var, score_var * (norm * norm))
-        out.update(norm=norm, normUsed=jnp.sum(ok & jnp.isfinite(score_corr)))
-    out.update(score=score.astype(out_dtype), scoreVar=score_var.astype(out_dtype),
-               scoreCorr=score_corr.astype(out_dtype))
-    return out
 
 
 class ZogyTask(Task):
@@ -216,17 +100,18 @@ class ZogyTask(Task):
         mask = exposure.getMask()
         mi = exposure.getMaskedImage()
         scale, flux = self._calibration(exposure, fluxScaling)
-        image, variance, marr, bad, good, nonfinite, varianceScale, noise, checks = _prepare_arrays(
+        prep = prepare_zogy_input(
             mi.image.array, mi.variance.array, mask.array, scale,
             and_mask=mask_bits(mask, self.config.ignoreMaskPlanes), fill_bits=mask_bits(mask, _FILL_PLANES),
             correct_background=bool(self.config.correctBackground),
             scale_variance=bool(self.config.doScaleVariance),
         )  # fmt: skip
-        return Struct(image=image, variance=variance, mask=marr, bad=bad, good=good, nonfinite=nonfinite,
-                      flux=flux, varianceScale=varianceScale, noise=noise, checks=checks, what=what)
+        return Struct(image=prep.image, variance=prep.variance, mask=prep.mask, bad=prep.bad, good=prep.good,
+                      nonfinite=prep.nonfinite, flux=flux, varianceScale=prep.variance_scale,
+                      noise=prep.noise_variance, stats=prep.stats, what=what)
 
     def _checkInputStatistics(self, *prepared):
-        """Raise `ImageStatisticsError` if a statistic of `_prepare_arrays` is not usable.
+        """Raise `ImageStatisticsError` if a statistic of `prepare_zogy_input` is not usable.
 
         One device-to-host transfer of the scalars of all inputs.  A plane without two usable
         pixels is named first (all masked: the image plane; no finite image pixel: the image
@@ -235,33 +120,34 @@ class ZogyTask(Task):
         fill value of bad pixels), the clipped mean of the variance (the noise level, > 0) and
         the variance rescaling factor (``doScaleVariance``, > 0).
         """
-        checks = jax.device_get([p.checks for p in prepared])
+        checks = [{**stats._asdict(), "variance_scale": scale}
+                  for stats, scale in jax.device_get([(p.stats, p.varianceScale) for p in prepared])]
         masked = ", ".join(dict.fromkeys([*self.config.ignoreMaskPlanes, *_FILL_PLANES]))
         for p, c in zip(prepared, checks, strict=True):
             image = p.what
             counts = (
-                f"{int(c['nUnmasked'])} of {p.image.size} pixels are outside the masked planes ({masked}); "
-                f"of those {int(c['nFiniteImage'])} have a finite image value, "
-                f"{int(c['nUsableVariance'])} a positive finite variance, {int(c['nGood'])} both."
+                f"{int(c['n_unmasked'])} of {p.image.size} pixels are outside the masked planes ({masked}); "
+                f"of those {int(c['n_finite_image'])} have a finite image value, "
+                f"{int(c['n_usable_variance'])} a positive finite variance, {int(c['n_good'])} both."
             )
             fix = f"Fix the {image} exposure's planes or its mask, or mask fewer planes (ignoreMaskPlanes)."
             items = []
-            if "background" in c:
+            if self.config.correctBackground:
                 items.append(("image", "clipped mean (background, correctBackground)", "background",
-                              "backgroundUsed", False))
-            items.append(("image", "clipped mean (fill value of bad pixels)", "imageMean", "imageUsed",
+                              "background_used", False))
+            items.append(("image", "clipped mean (fill value of bad pixels)", "image_mean", "image_used",
                           False))
-            items.append(("variance", "clipped mean (noise level)", "varianceMean", "varianceUsed", True))
-            if "varianceScale" in c:
-                items.append(("variance", "rescaling factor (doScaleVariance)", "varianceScale",
-                              "varianceScaleUsed", True))
+            items.append(("variance", "clipped mean (noise level)", "variance_mean", "variance_used", True))
+            if self.config.doScaleVariance:
+                items.append(("variance", "rescaling factor (doScaleVariance)", "variance_scale",
+                              "variance_scale_used", True))
             # a plane that is unusable as a whole is named before the statistic that fails first
-            if int(c["nUnmasked"]) < 2 or int(c["nFiniteImage"]) < 2:
-                items.insert(0, ("image", "clipped statistics", None, "nFiniteImage", False))
-            elif int(c["nUsableVariance"]) < 2:
-                items.insert(0, ("variance", "clipped mean (noise level)", None, "nUsableVariance", True))
+            if int(c["n_unmasked"]) < 2 or int(c["n_finite_image"]) < 2:
+                items.insert(0, ("image", "clipped statistics", None, "n_finite_image", False))
+            elif int(c["n_usable_variance"]) < 2:
+                items.insert(0, ("variance", "clipped mean (noise level)", None, "n_usable_variance", True))
             for plane, statistic, key, nkey, positive in items:
-                value = float("nan") if key is None else float(c[key])
+                value = float("nan") if key is None else float(np.asarray(c[key]))
                 if np.isfinite(value) and (value > 0 or not positive):
                     continue
                 raise ImageStatisticsError(image=image, plane=plane, statistic=statistic,
@@ -418,25 +304,32 @@ class ZogyTask(Task):
         mask1 = exposure1.getMask()
         # sources within half a PSF box of the edge are truncated by it, differently in the two
         # images: their residuals are not noise, so that band is flagged EDGE (not done by LSST's ZOGY)
-        out = _finish_arrays(
-            res, p1.bad, p2.bad, p1.mask, p2.mask, p1.nonfinite, p2.nonfinite,
-            no_data=mask_bits(mask1, ["NO_DATA"]), edge_bits=mask_bits(mask1, ["EDGE"]), edge=edge,
-            and_mask=mask_bits(mask1, cfg.ignoreMaskPlanes), calculate_score=bool(calculateScore),
-            normalize=bool(cfg.doNormalizeScore), scale_variance=bool(cfg.doScaleVariance),
-            out_dtype=outDtype.name,
+        andMask = mask_bits(mask1, cfg.ignoreMaskPlanes)
+        planes = finish_difference_planes(
+            res.difference, res.difference_variance, p1.bad, p2.bad, p1.mask, p2.mask, p1.nonfinite,
+            p2.nonfinite, no_data=mask_bits(mask1, ["NO_DATA"]), edge_bits=mask_bits(mask1, ["EDGE"]),
+            edge=edge, and_mask=andMask, scale_variance=bool(cfg.doScaleVariance), out_dtype=outDtype.name,
         )  # fmt: skip
-        diff, diffVar, outMask, score, scoreVar, scoreCorr = (
-            out[k] for k in ("diff", "diffVar", "mask", "score", "scoreVar", "scoreCorr"))
+        diff, diffVar, outMask = planes.difference, planes.difference_variance, planes.mask
+        score = scoreVar = scoreCorr = None
+        if calculateScore:
+            scorePlanes = finish_score_planes(
+                res.score, res.score_variance, res.score_corr, p1.bad | p2.bad, outMask, and_mask=andMask,
+                normalize=bool(cfg.doNormalizeScore), out_dtype=outDtype.name,
+            )  # fmt: skip
+            score, scoreVar, scoreCorr = scorePlanes.score, scorePlanes.score_variance, scorePlanes.score_corr
         scalars = {"fluxZeroPoint": jnp.mean(res.flux_zero_point), "nDegenerate": jnp.sum(res.n_degenerate),
                    "scienceVarianceScale": p1.varianceScale, "templateVarianceScale": p2.varianceScale,
                    "scienceNoiseVariance": jnp.mean(noise1), "templateNoiseVariance": jnp.mean(noise2)}
+        checks = {"scienceNoiseMin": jnp.min(noise1), "templateNoiseMin": jnp.min(noise2)}
         if cfg.doScaleVariance:
-            scalars["differenceVarianceScale"] = out["diffVarScale"]
+            scalars["differenceVarianceScale"] = planes.variance_scale
+            checks["diffVarScaleUsed"] = planes.variance_scale_used
         if calculateScore:
-            scalars["scoreNormalizationFactor"] = out["norm"]
+            scalars["scoreNormalizationFactor"] = scorePlanes.norm
+            if cfg.doNormalizeScore:
+                checks["normUsed"] = scorePlanes.norm_used
         # the cell noise levels (a NaN one would only show as a NaN PSF of D) and the pixel counts
-        checks = {"scienceNoiseMin": jnp.min(noise1), "templateNoiseMin": jnp.min(noise2),
-                  **{k: v for k, v in out.items() if k.endswith("Used")}}
         # one device -> host transfer for everything small
         scalars, checks = jax.device_get((scalars, checks))
         scalars = {k: float(v) for k, v in scalars.items()}
@@ -445,7 +338,7 @@ class ZogyTask(Task):
             if not (np.isfinite(value) and value > 0):
                 raise ImageStatisticsError(image=image, plane="variance",
                                            statistic="clipped mean of a cell (noise level of a grid cell)",
-                                           value=value, nUsable=int(np.asarray(p.checks["nPositive"])))
+                                           value=value, nUsable=int(np.asarray(p.stats.n_positive)))
         for name, image, plane, statistic, nkey in (
             ("differenceVarianceScale", "difference", "variance", "rescaling factor (doScaleVariance)",
              "diffVarScaleUsed"),
