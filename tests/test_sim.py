@@ -34,7 +34,7 @@ def gauss_image_ref(x, y, flux, sigma, shape):
     out = np.zeros(shape)
     i = np.arange(w)
     j = np.arange(h)
-    for xk, yk, fk, sk in zip(x, y, flux, sigma):
+    for xk, yk, fk, sk in zip(x, y, flux, sigma, strict=False):
         gx = box_fraction_gauss(xk, sk, i - 0.5, i + 0.5)
         gy = box_fraction_gauss(yk, sk, j - 0.5, j + 0.5)
         out += fk * np.outer(gy, gx)
@@ -324,7 +324,7 @@ def test_spatially_varying_psf_corners_and_grid_psf():
     sigma = 2.0
     inset = 16
     pos = [(inset, inset), (127 - inset, 127 - inset), (inset, 127 - inset)]
-    xs, ys = zip(*pos)
+    xs, ys = zip(*pos, strict=False)
     p = sim.simulate_pair(
         0, (128, 128), stars=(list(xs), list(ys), [1e4] * 3), science_psf=dict(kind="gaussian", sigma=sigma),
         psf_variation=var, noise=False, **quiet(),
@@ -338,7 +338,7 @@ def test_spatially_varying_psf_corners_and_grid_psf():
     np.testing.assert_allclose(measured, expected, rtol=5e-3)
     np.testing.assert_allclose(measured[1] / measured[0], (1 - var * u) / (1 + var * u), rtol=0.02)
     np.testing.assert_allclose(p.truth.science_psf_scale, np.array(expected) / sigma, rtol=1e-6)
-    for (x, y), e in zip(pos, expected):
+    for (x, y), e in zip(pos, expected, strict=False):
         kern = np.asarray(psf.computeKernelArray((x, y)))
         c = kern.shape[0] // 2
         np.testing.assert_allclose(second_moment_sigma(kern, c, c, c), e, rtol=0.01)
@@ -436,7 +436,7 @@ def test_transients_in_science_only_or_template_only(sign):
     np.testing.assert_allclose(present.sum(), 3 * 5000.0, rtol=1e-4)
     np.testing.assert_allclose(absent, 0.0, atol=1e-9)
     off = (0.0, 0.0) if sign > 0 else (0.3, 0.2)  # fading transients sit at position - shift in the template
-    for x, y in zip(t.transient_x, t.transient_y):
+    for x, y in zip(t.transient_x, t.transient_y, strict=False):
         ix, iy = int(round(x - off[0])), int(round(y - off[1]))
         cx, cy = centroid(present, ix, iy, 10)
         assert abs(cx - (x - off[0])) < 0.02 and abs(cy - (y - off[1])) < 0.02

@@ -1,4 +1,4 @@
-"""Clipped statistics against a plain numpy implementation of afw's algorithm (spec section 2.6)."""
+"""Clipped statistics against a plain numpy implementation of afw's algorithm (``makeStatistics`` MEANCLIP)."""
 
 import jax
 import jax.numpy as jnp

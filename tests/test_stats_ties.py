@@ -1,6 +1,6 @@
 """Clipped statistics on tied values and zero spread, after calibration-like scalings.
 
-The reference is afw's clipping (spec section 2.6) evaluated in exact rational arithmetic
+The reference is afw's clipping (``makeStatistics`` MEANCLIP) evaluated in exact rational arithmetic
 (``tests/afw_clip_reference.py``), so that ties and values one ulp apart are decided exactly: a
 float implementation of the reference would itself suffer from the rounding under test.
 """

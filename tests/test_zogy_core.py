@@ -15,14 +15,6 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxdiff.core.fft import (
-    centered_dft_matrix,
-    crop_center_origin,
-    fast_fft_shape,
-    fast_fft_size,
-    pad_center_origin,
-    psf_to_otf,
-)
 from jaxdiff.core.psf_images import gaussian_psf_image
 from jaxdiff.core.zogy import KERNEL_TAIL_TOLERANCE, ZogyResult, default_fft_shape, zogy
 from tests.reference.zogy_numpy import zogy_reference
@@ -483,36 +475,6 @@ def test_static_validation(kwargs, match):
 # --------------------------------------------------------------------------------------
 # FFT helpers and PSF images
 # --------------------------------------------------------------------------------------
-
-
-def test_fast_fft_size_set():
-    sizes = [fast_fft_size(n) for n in range(1, 5000)]
-    assert all(s >= max(n, 8) and s % 2 == 0 for n, s in enumerate(sizes, start=1))
-    distinct = np.unique(sizes)
-    big = distinct[distinct >= 64]
-    assert np.max(big[1:] / big[:-1]) <= 1.125 + 1e-12
-    for s in distinct:  # 5-smooth
-        for p in (2, 3, 5):
-            while s % p == 0:
-                s //= p
-        assert s == 1
-    assert fast_fft_shape((63, 80)) == (64, 80)
-    assert fast_fft_shape((63, 80), min_shape=(100, 10)) == (108, 80)
-    assert default_fft_shape((4096, 4096), (25, 25), (21, 21)) == (4320, 4320)
-
-
-@pytest.mark.parametrize(("stamp", "target"), [((5, 7), (12, 16)), ((9, 3), (13, 15)), ((1, 1), (8, 9))])
-def test_center_origin_layout_and_otf(stamp, target, rtol):
-    a = np.random.default_rng(0).normal(size=stamp)
-    expected = origin_padded(a, target)
-    padded = pad_center_origin(as_input(a), target)
-    np.testing.assert_array_equal(np.asarray(padded), as_input(expected))
-    np.testing.assert_array_equal(np.asarray(crop_center_origin(padded, stamp)), as_input(a))
-    same_size = np.asarray(pad_center_origin(as_input(a), stamp))
-    np.testing.assert_array_equal(same_size, np.fft.ifftshift(as_input(a)))
-    otf = psf_to_otf(as_input(a), target)
-    assert rel_err(otf, np.fft.rfft2(expected)) < 10 * rtol
-    assert not centered_dft_matrix(8, 3).flags.writeable
 
 
 def test_gaussian_psf_image(rtol, x64):

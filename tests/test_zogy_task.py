@@ -64,7 +64,7 @@ def test_config_defaults_follow_lsst():
 
 
 # ---------------------------------------------------------------------------------------------
-# LSST test_zogy.py expectations (spec section 8.1)
+# LSST test_zogy.py expectations (ip_diffim tests/test_zogy.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -96,7 +96,7 @@ def test_lsst_variable_source_detected():
 
 
 def test_lsst_pixel_offset():
-    """spec 8.1 test_pixelOffset, scaled from 1000x2000 to 256x512 (the position scales too)."""
+    """ip_diffim test_zogy.py test_pixelOffset, scaled from 1000x2000 to 256x512 (the position scales too)."""
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     sci = np.zeros((512, 256), dtype)
     sci[150, 150] = 1000.0

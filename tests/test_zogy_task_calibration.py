@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxdiff import Exposure, GaussianPsf, MaskedImage, PhotoCalib
-from jaxdiff.image.image import Box2I
-from jaxdiff.testing.sim import simulate_pair
 from jaxdiff.core.stats import robust_std
+from jaxdiff.image.image import Box2I
 from jaxdiff.tasks import ImagePsfMatchTask, ZogyImagePsfMatchTask
 from jaxdiff.tasks.errors import AlgorithmError, ImageStatisticsError
+from jaxdiff.testing.sim import simulate_pair
 from tests.afw_clip_reference import exact_afw_clip
 
 CALIBRATIONS = (1 / 1.1, 0.95, 1.05, 1e-3, 1e3)

@@ -129,7 +129,7 @@ def fast_fft_shape(shape: Sequence[int], *, min_shape: Sequence[int] | None = No
 
 def _check_shapes(a_shape, shape, bigger: bool, what: str) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
-    if len(shape) != len(a_shape) or any((s < n) if bigger else (s > n) for s, n in zip(shape, a_shape)):
+    if len(shape) != len(a_shape) or any((s < n) if bigger else (s > n) for s, n in zip(shape, a_shape, strict=False)):
         rel = ">=" if bigger else "<="
         msg = f"{what}: target shape {shape} must have the rank of {a_shape} and be {rel} it on every axis"
         raise ValueError(msg)

@@ -1,6 +1,6 @@
 """Robust statistics as afw computes them (``afw.math.makeStatistics``), jit-compatible.
 
-afw's clipped statistics (spec section 2.6): start from ``center = median`` and
+afw's clipped statistics (``afw::math::makeStatistics``, MEANCLIP): start from ``center = median`` and
 ``halfwidth = n_sigma * 0.741301109252802 * IQR``; then ``n_iter`` times keep the values with
 ``|x - center| <= halfwidth``, compute their mean and unbiased variance, and set
 ``center = mean``, ``halfwidth = n_sigma * sqrt(variance)``.  MEANCLIP and VARIANCECLIP are the
@@ -115,8 +115,8 @@ def _masked_quantiles(values, valid, qs):
         s = jnp.sort(jnp.where(ok, flat, jnp.finfo(flat.dtype).max))
         s_lo, s_hi = s[jnp.stack(lo)], s[jnp.stack(hi)]
     out = []
-    for i, (p, l) in enumerate(zip(pos, lo, strict=True)):
-        frac = (p - l).astype(flat.dtype)
+    for i, (p, low) in enumerate(zip(pos, lo, strict=True)):
+        frac = (p - low).astype(flat.dtype)
         # numpy's lerp: exact at both ends and wherever s_lo == s_hi (ties give the tied value)
         step = s_hi[i] - s_lo[i]
         out.append(jnp.where(frac < 0.5, s_lo[i] + step * frac, s_hi[i] - step * (1 - frac)))
@@ -125,7 +125,7 @@ def _masked_quantiles(values, valid, qs):
 
 @functools.partial(jax.jit, static_argnames=("n_iter",))
 def clipped_stats(values, valid=None, *, n_sigma=3.0, n_iter=3):
-    """Iteratively sigma-clipped mean and variance, afw's MEANCLIP / VARIANCECLIP.
+    """Compute the iteratively sigma-clipped mean and variance, afw's MEANCLIP / VARIANCECLIP.
 
     Parameters
     ----------

@@ -35,6 +35,7 @@ __all__ = [
     "default_fft_shape",
     "kernel_box_shape",
     "precise_otf",
+    "psf_low_part",
     "zogy",
     "zogy_weights",
 ]
@@ -115,15 +116,35 @@ def default_fft_shape(
     return fast_fft_shape([int(n) + 2 * border for n in image_shape])
 
 
-def _low_part(psf, dtype):
-    """``float32(p - float32(p))`` for a float64 numpy stamp in float32 mode, else None (see
-    :func:`precise_otf`): the float32 path keeps the whole float64 PSF."""
-    if dtype != jnp.float32 or isinstance(psf, jax.Array) or isinstance(psf, jax.core.Tracer):
+def psf_low_part(psf: Float[ArrayLike, "... Kh Kw"], dtype=jnp.float32) -> np.ndarray | None:
+    """Low float32 part of a float64 PSF stamp (or stack): ``float32(p - float32(p))``.
+
+    ``float32(p) + psf_low_part(p)`` holds the stamp to about 48 bits, so the float32 path of
+    :func:`zogy` (:func:`precise_otf`) transforms the float64 PSF, not its float32 rounding
+    (whose rounding noise, ~1e-8 of the peak, would decide the ZOGY weights wherever both
+    transforms are below that).
+
+    Parameters
+    ----------
+    psf : array_like
+        Stamp(s); only float64 numpy (host) arrays have a low part.
+    dtype : dtype
+        The working precision; only float32 needs a low part.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float32 array of the stamp's shape, or None when there is nothing to keep.
+    """
+    if dtype != jnp.float32 or isinstance(psf, (jax.Array, jax.core.Tracer)):
         return None
     p = np.asarray(psf)
     if p.dtype != np.float64:
         return None
     return (p - p.astype(np.float32)).astype(np.float32)
+
+
+_low_part = psf_low_part
 
 
 def _static_zero(x) -> bool:
@@ -148,6 +169,8 @@ def zogy(
     calculate_score: bool = True,
     pad_mode: str = "reflect",
     kernel_mode: str = "auto",
+    new_psf_lo: Float[ArrayLike, "Kh Kw"] | None = None,
+    ref_psf_lo: Float[ArrayLike, "Lh Lw"] | None = None,
 ) -> ZogyResult:
     r"""ZOGY proper image difference, score image and their variances.
 
@@ -192,6 +215,10 @@ def zogy(
         :func:`~jaxdiff.core.fft.fast_fft_shape`.
     calculate_score : bool, keyword-only
         Compute the score fields (default True); else they are ``None``.
+    new_psf_lo, ref_psf_lo : array_like, optional, keyword-only
+        Low parts of float64 PSF stamps split into float32 ``hi + lo`` (:func:`psf_low_part`),
+        for callers that pass the stamps as float32 arrays (e.g. under ``jit``).  By default
+        a float64 numpy stamp in float32 mode is split here, and other stamps have none.
     kernel_mode : {"auto", "box", "full"}, keyword-only
         "auto" (default): compact box kernels when their tails allow (see Notes), else the
         full grid; "box" / "full" force one path (static).
@@ -284,7 +311,10 @@ def zogy(
         msg = f"zogy supports float32 and float64 images, got {dtype}"
         raise ValueError(msg)
     as_arr = functools.partial(jnp.asarray, dtype=dtype)
-    new_psf_lo, ref_psf_lo = (_low_part(p, dtype) for p in (new_psf, ref_psf))
+    if new_psf_lo is None:
+        new_psf_lo = _low_part(new_psf, dtype)
+    if ref_psf_lo is None:
+        ref_psf_lo = _low_part(ref_psf, dtype)
     new_image, ref_image, new_psf, ref_psf = map(as_arr, (new_image, ref_image, new_psf, ref_psf))
     new_psf_lo, ref_psf_lo = (jnp.zeros_like(p) if lo is None else as_arr(lo)
                               for p, lo in ((new_psf, new_psf_lo), (ref_psf, ref_psf_lo)))  # fmt: skip
@@ -297,7 +327,7 @@ def zogy(
         msg = f"images must be 2-D with equal shapes, got {shape} and {ref_image.shape}"
         raise ValueError(msg)
     for name, psf in (("new_psf", new_psf), ("ref_psf", ref_psf)):
-        if psf.ndim != 2 or any(k % 2 == 0 or k > n for k, n in zip(psf.shape, shape)):
+        if psf.ndim != 2 or any(k % 2 == 0 or k > n for k, n in zip(psf.shape, shape, strict=False)):
             msg = f"{name} must be 2-D, odd-sized and no larger than the image {shape}, got {psf.shape}"
             raise ValueError(msg)
     for name, var in (("new_variance", new_variance), ("ref_variance", ref_variance)):
@@ -312,7 +342,7 @@ def zogy(
     if fft_shape is None:
         fft_shape = default_fft_shape(shape, new_psf.shape, ref_psf.shape)
     fft_shape = tuple(int(s) for s in fft_shape)
-    if len(fft_shape) != 2 or any(f < n for f, n in zip(fft_shape, shape)):
+    if len(fft_shape) != 2 or any(f < n for f, n in zip(fft_shape, shape, strict=False)):
         msg = f"fft_shape must be two ints >= the image shape {shape}, got {fft_shape}"
         raise ValueError(msg)
     if pad_mode not in PAD_MODES:
@@ -359,8 +389,7 @@ KERNEL_MODES = ("auto", "box", "full")
 
 
 def _host_otf(psf, lo, *, grid):
-    """float64 numpy half-plane transfer function(s) of centred stamp(s) ``psf + lo`` normalised to
-    sum 1, as complex64.
+    """Transform centred stamp(s) ``psf + lo`` in float64 numpy (half plane, sum 1), as complex64.
 
     Row transforms of the stamp rows, then column transforms (numpy's FFT: no BLAS threads,
     which contend with XLA's inside a callback).
@@ -446,7 +475,7 @@ def zogy_weights(
     new_otf: Complex[Array, "H Wr"], ref_otf: Complex[Array, "H Wr"], alpha_new: Float[ArrayLike, ""],
     alpha_ref: Float[ArrayLike, ""],
 ) -> ZogyWeights:
-    r"""The stable form of the ZOGY ratios of PSF transforms (Zackay et al. 2016, eqs. 13–14).
+    r"""Form the ZOGY ratios of PSF transforms stably (Zackay et al. 2016, eqs. 13–14).
 
     With ``P̃ = P̂ + τ`` (τ = :data:`PSF_TRANSFORM_FLOOR`) for both normalised transfer
     functions, ``m = max(|Re|, |Im|)`` over both, and ``α_n = σ_n² F_r² / (σ_n² F_r² + σ_r² F_n²)``,
@@ -518,10 +547,12 @@ def _stamps_to_half_spectra(stamps, grid):
 
 def kernel_box_shape(new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int],
                      fft_shape: Sequence[int]) -> tuple[int, int]:
-    """Box of the real-space D and S kernels in :func:`zogy`: ``2 K − 1`` per axis (K the larger
-    stamp size), odd, at most the FFT grid."""
+    """Return the box of the real-space D and S kernels in :func:`zogy`.
+
+    ``2 K − 1`` per axis (K the larger stamp size), odd, at most the FFT grid.
+    """
     out = []
-    for a, b, f in zip(new_psf_shape, ref_psf_shape, fft_shape):
+    for a, b, f in zip(new_psf_shape, ref_psf_shape, fft_shape, strict=False):
         n = min(2 * max(a, b) - 1, f)
         out.append(n if n % 2 else n - 1)
     return tuple(out)
@@ -529,7 +560,7 @@ def kernel_box_shape(new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int],
 
 def _small_grid(box, fft_shape):
     """Grid on which the box kernels are computed (4x the box, rounded; never above ``fft_shape``)."""
-    return tuple(min(fast_fft_size(4 * b), f) for b, f in zip(box, fft_shape))
+    return tuple(min(fast_fft_size(4 * b), f) for b, f in zip(box, fft_shape, strict=False))
 
 
 def _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref):
@@ -553,7 +584,7 @@ def _small_grid_kernels(pn, pr, alpha_new, alpha_ref, *, box, small):
     real = jnp.fft.irfft2(spectra, s=small)
     boxes = jax.vmap(lambda k: crop_center_origin(k, box))(real)
     outside_mask = np.ones(small, bool)  # static: True outside the origin-centred box
-    outside_mask[np.ix_(*((np.arange(b) - b // 2) % n for b, n in zip(box, small)))] = False
+    outside_mask[np.ix_(*((np.arange(b) - b // 2) % n for b, n in zip(box, small, strict=False)))] = False
     total = jnp.sum(real**2, axis=(1, 2))
     outside = jnp.sum(jnp.where(outside_mask, real**2, 0), axis=(1, 2))  # no 1 - inside/total cancellation
     ok = total > 0
@@ -580,7 +611,7 @@ def _zogy_jit(
     y0, x0 = (fh - h) // 2, (fw - w) // 2
     pads = ((y0, fh - h - y0), (x0, fw - w - x0))
     if pad_mode != "constant":  # static gather indices: much faster than jnp.pad's slicing on CPU
-        rows, cols = (np.pad(np.arange(n), p, mode=pad_mode) for n, p in zip((h, w), pads))
+        rows, cols = (np.pad(np.arange(n), p, mode=pad_mode) for n, p in zip((h, w), pads, strict=False))
 
     def pad(a, fill):
         if (fh, fw) == (h, w):  # no padding: the FFT grid is the image (periodic boundaries)
@@ -669,7 +700,7 @@ def _zogy_jit(
     # that is not smaller): P_D need not be compact for truncated stamps, and this grid keeps the
     # aliased tails at the level of the full-grid result without full-size inverse FFTs.
     stamp_grid = tuple(min(fast_fft_size(64 * max(a, b)), f)
-                       for a, b, f in zip(new_psf.shape, ref_psf.shape, fft_shape))  # fmt: skip
+                       for a, b, f in zip(new_psf.shape, ref_psf.shape, fft_shape, strict=False))  # fmt: skip
     if kernel_mode == "box" and small != fft_shape:  # P_D is compact (its tail was checked): small grid
         stamp_grid = small
     if stamp_grid == small:

@@ -87,7 +87,7 @@ def cell_noise_variances(variance, good, *, cell_shape, n_cells):
 @functools.partial(jax.jit, static_argnames=("cell_shape", "border", "calculate_score", "batch_size"))
 def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_variance, new_noise_vars,
                ref_noise_vars, *, f_new=1.0, f_ref=1.0, cell_shape, border, calculate_score=True,
-               batch_size=16):
+               batch_size=16, new_psfs_lo=None, ref_psfs_lo=None):
     """ZOGY with per-cell PSFs and noise levels, stitched into full-size outputs.
 
     Parameters
@@ -110,6 +110,9 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
         Also compute S, V_S and S_corr.
     batch_size : int, keyword-only
         Cells processed together (memory vs. speed).
+    new_psfs_lo, ref_psfs_lo : array, optional, keyword-only
+        Low float32 parts of float64 PSF stacks (:func:`jaxdiff.core.zogy.psf_low_part`), so
+        that the float32 path transforms the float64 PSFs; default zeros.
 
     Returns
     -------
@@ -134,7 +137,9 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
 
     if ny * nx == 1:
         fft_shape = fast_fft_shape((height + 2 * border, width + 2 * border))
-        r = zogy(new_image, ref_image, new_psfs[0, 0], ref_psfs[0, 0], new_variance, ref_variance,
+        lo = {} if new_psfs_lo is None else {"new_psf_lo": new_psfs_lo[0, 0]}
+        lo.update({} if ref_psfs_lo is None else {"ref_psf_lo": ref_psfs_lo[0, 0]})
+        r = zogy(new_image, ref_image, new_psfs[0, 0], ref_psfs[0, 0], new_variance, ref_variance, **lo,
                  new_noise_var=new_noise_vars[0, 0], ref_noise_var=ref_noise_vars[0, 0], f_new=f_new,
                  f_ref=f_ref, fft_shape=fft_shape, calculate_score=calculate_score)
         expand = (lambda a: None if a is None else a[None, None])  # noqa: E731
@@ -159,12 +164,14 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
         new_psfs.reshape(ny * nx, *new_psfs.shape[2:]), ref_psfs.reshape(ny * nx, *ref_psfs.shape[2:]),
         cells_of(new_variance), cells_of(ref_variance),
         new_noise_vars.reshape(-1).astype(dtype), ref_noise_vars.reshape(-1).astype(dtype),
+        (jnp.zeros_like(new_psfs) if new_psfs_lo is None else new_psfs_lo).reshape(ny * nx, *new_psfs.shape[2:]),
+        (jnp.zeros_like(ref_psfs) if ref_psfs_lo is None else ref_psfs_lo).reshape(ny * nx, *ref_psfs.shape[2:]),
     )
 
     def one_cell(args):
-        n, r, pn, pr, vn, vr, sn, sr = args
+        n, r, pn, pr, vn, vr, sn, sr, pn_lo, pr_lo = args
         res = zogy(n, r, pn, pr, vn, vr, new_noise_var=sn, ref_noise_var=sr, f_new=f_new, f_ref=f_ref,
-                   fft_shape=fft_shape, calculate_score=calculate_score)
+                   fft_shape=fft_shape, calculate_score=calculate_score, new_psf_lo=pn_lo, ref_psf_lo=pr_lo)
         inner = (lambda a: None if a is None else a[border:border + ch, border:border + cw])  # noqa: E731
         return res._replace(
             difference=inner(res.difference), difference_variance=inner(res.difference_variance),

@@ -2,8 +2,8 @@
 
 The numerics (stamp fits, residual statistics, the spatial system) are the jitted, vmapped
 functions of :mod:`jaxdiff.core.kernel_fit`; this module only decides which candidates enter which fit,
-following LSST's ``PsfMatchTask._solve`` loop (spec ``research/lsst_ip_diffim.md`` sections 2.8,
-4.3.3, 4.5-4.8). All single-stamp fits are computed once for every candidate (one batched call);
+following LSST's ``PsfMatchTask._solve`` loop (``ip_diffim`` ``psfMatch.py``: candidate
+selection, single-kernel and kernel-sum clipping, spatial fit and assessment). All single-stamp fits are computed once for every candidate (one batched call);
 LSST's "visit the first ``nStarPerCell`` non-BAD candidates of every cell" then becomes a selection
 on small host arrays, so rejecting candidates never recompiles anything.
 """
@@ -257,7 +257,7 @@ class KernelCellSet:
         return iter(self.candidates)
 
     def toTable(self):
-        """An astropy Table with one row per candidate."""
+        """Return an astropy Table with one row per candidate."""
         from astropy.table import Table
 
         names = ["id", "x", "y", "cell", "rating", "status", "kernelSum", "background", "residualMean",
@@ -272,8 +272,8 @@ class SpatialKernel:
     """The PSF-matching kernel: basis kernels with spatially varying coefficients.
 
     ``K(x, y) = sum_k f_k(x, y) B_k`` with ``f_k = spatial_basis(x, y, order) @ kernelCoeffs[k]``
-    (afw ``LinearCombinationKernel`` with Chebyshev/polynomial spatial functions; spec 2.2, 2.7,
-    4.7). Positions are PARENT pixels. Orientation: afw's correlation convention (spec 2.3): the
+    (afw ``LinearCombinationKernel`` with Chebyshev/polynomial spatial functions; afw ``math::Kernel``,
+    ``SpatialFunction``). Positions are PARENT pixels. Orientation: afw's correlation convention (afw ``convolve``): the
     matched image is ``sum_{u,v} K(u, v) T(X + u, Y + v)`` with ``K`` indexed ``[v + ctr, u + ctr]``.
     """
 
@@ -402,7 +402,7 @@ class BackgroundModel:
         return self.order
 
     def image(self, bbox, dtype=np.float64):
-        """The background evaluated on every pixel of ``bbox`` (array ``[y, x]``).
+        """Evaluate the background on every pixel of ``bbox`` (array ``[y, x]``).
 
         Evaluated separably (every term is ``f(x) g(y)``), so memory stays at one output image.
         """
@@ -435,7 +435,7 @@ class BackgroundModel:
 
 # ------------------------------------------------------------------------------------------
 def cell_index(x, y, bbox, sizeX, sizeY):
-    """afw ``positionToIndex``: cell of ``Point2I(round-half-up(x), round-half-up(y))``, row-major."""
+    """Afw ``positionToIndex``: cell of ``Point2I(round-half-up(x), round-half-up(y))``, row-major."""
     nx = max(1, math.ceil(bbox.getWidth() / sizeX))
     ny = max(1, math.ceil(bbox.getHeight() / sizeY))
     ix = math.floor(x + 0.5) - bbox.getMinX()
@@ -448,7 +448,7 @@ def cell_index(x, y, bbox, sizeX, sizeY):
 
 
 def _bucket(n):
-    """Padded candidate count: next power of two >= 16 (few compiles for many candidate counts)."""
+    """Return the padded candidate count: next power of two >= 16 (few compiles for many counts)."""
     return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 
@@ -604,7 +604,7 @@ def spatial_stats(stamp_set, sk_basis, kcoeffs, bcoeffs, xs, ys, kConfig, order,
 
 
 def select_per_cell(cells, ratings, bad, n_per_cell):
-    """Indices of the first ``n_per_cell`` non-BAD candidates of each cell, by descending rating."""
+    """Return the indices of the first ``n_per_cell`` non-BAD candidates of each cell, by rating."""
     order = np.lexsort((-np.nan_to_num(ratings, nan=-np.inf), cells))
     chosen = np.zeros(len(cells), bool)
     counts = {}
@@ -643,12 +643,12 @@ def _regularization(kConfig, width):
         return h, float(kConfig.lambdaScaling), True
     raise NotImplementedError(
         f"lambdaType={kConfig.lambdaType!r} is not supported: LSST's risk-minimising lambda scans read config "
-        "fields that do not exist (spec 4.1 quirk); use lambdaType='absolute' or 'relative'"
+        "fields that do not exist (an ip_diffim ``PsfMatchConfig`` quirk); use lambdaType='absolute' or 'relative'"
     )
 
 
 def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable, kConfig, log, dtype):
-    """LSST's ``PsfMatchTask._solve`` loop (spec 4.8) over precomputed single-stamp fits.
+    """LSST's ``PsfMatchTask._solve`` loop over precomputed single-stamp fits.
 
     Parameters
     ----------
@@ -780,10 +780,10 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
             log.warning("The spatial kernel system is singular (condition number %.3g); the minimum-norm "
                         "pseudo-inverse solution is used", float(sol.condition))
         kcoeffs = np.asarray(sol.kernel_coeffs, np.float64)
-        centreSum = float((np.asarray(spBasis, np.float64).reshape(spBasis.shape[0], -1).sum(axis=1)
+        centreSum = float(np.asarray(spBasis, np.float64).reshape(spBasis.shape[0], -1).sum(axis=1)
                            @ kcoeffs @ np.asarray(spatial_basis(np.float64(bbox.getCenter()[0]),
                                                                 np.float64(bbox.getCenter()[1]), order, model=model,
-                                                                xy_range=xyRange), np.float64)))
+                                                                xy_range=xyRange), np.float64))
         if sol.status & kf.STATUS_NONFINITE or not np.isfinite(centreSum) or centreSum <= 0:
             raise PsfMatchingError(
                 f"The spatial kernel solution is unusable ({_status_text(int(sol.status))}; kernel sum {centreSum:.3g} "
@@ -804,7 +804,7 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
     converged = False
     while iteration < maxIter:
         chosen = single_pass()
-        # kernel-sum clipping (spec 4.6) over the visited candidates
+        # kernel-sum clipping (ip_diffim ``KernelSumVisitor``) over the visited candidates
         sums = orig.ksum[chosen]
         if sums.size == 0:
             raise NoKernelCandidatesError(

@@ -92,8 +92,10 @@ class InsufficientKernelSourcesError(PsfMatchingError):
 
 
 class ZogyNumericalError(AlgorithmError):
-    """The ZOGY computation produced unusable values (e.g. non-finite difference or score images,
-    or a degenerate PSF/noise combination)."""
+    """The ZOGY computation produced unusable values.
+
+    For example non-finite difference or score images, or a degenerate PSF/noise combination.
+    """
 
     defaultMessage = (
         "ZOGY produced non-finite or degenerate results. Check that the PSFs are normalised and "

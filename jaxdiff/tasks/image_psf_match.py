@@ -5,7 +5,7 @@ candidates, runs LSST's fitting loop (:mod:`jaxdiff.tasks._al`) over the jitted,
 (:mod:`jaxdiff.core.kernel_fit`, :mod:`jaxdiff.core.kernel_basis`, :mod:`jaxdiff.core.convolve`) and wraps the
 results. Spec: ``research/lsst_ip_diffim.md`` section 4.
 
-Conventions: afw "convolution" is a correlation (spec 2.3); the kernel matches the template
+Conventions: afw "convolution" is a correlation (afw ``convolve``); the kernel matches the template
 (image to convolve) to the science image, ``science ~ K * template + background``; positions are
 PARENT pixels.
 
@@ -91,7 +91,7 @@ class ImagePsfMatchTask(Task):
         return float(sigPix * FWHM_PER_SIGMA)
 
     def _validateWcs(self, templateExposure, scienceExposure):
-        """True if the two exposures share a pixel grid (same dimensions and sky mapping)."""
+        """Return True if the two exposures share a pixel grid (same dimensions and sky mapping)."""
         if templateExposure.getDimensions() != scienceExposure.getDimensions():
             return False
         if templateExposure.getXY0() != scienceExposure.getXY0() and (
@@ -139,7 +139,7 @@ class ImagePsfMatchTask(Task):
     # Alard-Lupton machinery
     def makeKernelBasisList(self, targetFwhmPix=None, referenceFwhmPix=None, basisDegGauss=None,
                             basisSigmaGauss=None, metadata=None):
-        """Wrapper to set log messages for ``makeKernelBasisList`` (spec section 4.2.1).
+        """Build the kernel basis list and log it (LSST ``ImagePsfMatchTask._buildCellSet`` helper).
 
         Parameters
         ----------
@@ -270,7 +270,7 @@ class ImagePsfMatchTask(Task):
         return table
 
     def makeCandidateList(self, templateExposure, scienceExposure, kernelSize, candidateList=None):
-        """Make a list of acceptable kernel candidates (spec section 4.3.2).
+        """Make a list of acceptable kernel candidates (LSST ``ImagePsfMatchTask.makeCandidateList``).
 
         Parameters
         ----------
@@ -468,7 +468,7 @@ class ImagePsfMatchTask(Task):
         return Struct(matched=matched, kernel=kernel, background=background, cellSet=cellSet)
 
     def _diagnostic(self, solved):
-        """Log candidate counts and write LSST's spatial metadata (spec 4.10)."""
+        """Log candidate counts and write LSST's spatial metadata (LSST ``PsfMatchTask._diagnostic``)."""
         cs = solved.cellSet
         kernel = solved.kernel
         nGood, nBad = cs.nGood(), cs.nBad()
@@ -562,7 +562,7 @@ class ImagePsfMatchTask(Task):
             ``science - (matchedImage + backgroundModel)`` (convolveTemplate) with variance
             ``V_I + K^2 * V_T`` and OR-ed masks; the science PSF, WCS, PhotoCalib. With
             ``convolveTemplate=False`` it is ``-(template - K*science - bg) / kernelSum`` in the
-            template's photometric scale, with the template PSF (spec 4.9). When
+            template's photometric scale, with the template PSF (LSST ``subtractExposures``). When
             ``config.doDecorrelation`` is set the difference is whitened (DMTN-021) and
             ``decorrelationKernel``, ``scoreExposure`` (matched-filter significance) and
             ``undecorrelatedExposure`` are added.

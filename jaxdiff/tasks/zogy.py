@@ -239,7 +239,7 @@ class ZogyTask(Task):
         bbox = exposure1.getBBox()
         x0, y0 = bbox.getMin()
 
-        # border from the PSFs at the image centre (spec 3.3: max(10 sigma, PSF box sizes))
+        # border from the PSFs at the image centre (ip_diffim ``ZogyTask``: max(10 sigma, PSF box sizes))
         centre = bbox.getCenter()
         sig1 = exposure1.getPsf().computeShape(centre).getDeterminantRadius()
         sig2 = exposure2.getPsf().computeShape(centre).getDeterminantRadius()
@@ -282,6 +282,7 @@ class ZogyTask(Task):
 
         fitted = self._fitFluxRatioShift(p1, p2, p1c, p2c) if (cfg.doFitFluxRatio or cfg.doFitShift) else {}
 
+        from ..core.zogy import psf_low_part
         from ..core.zogy_grid import cell_noise_variances, zogy_cells
 
         if (ny, nx) == (1, 1) and not fitted:  # the clipped variance mean of _prepare is that cell's
@@ -290,12 +291,18 @@ class ZogyTask(Task):
             noise1 = cell_noise_variances(p1.variance, p1.good, cell_shape=(ch, cw), n_cells=(ny, nx))
             noise2 = cell_noise_variances(p2.variance, p2.good, cell_shape=(ch, cw), n_cells=(ny, nx))
         dtype = p1.image.dtype
+        # float64 PSF models keep their precision in float32 (low parts for the PSF transforms)
+        psfLowParts = {}
+        for key, arr in (("new_psfs_lo", psf1), ("ref_psfs_lo", psf2)):
+            low = psf_low_part(np.asarray(arr), dtype)
+            if low is not None:
+                psfLowParts[key] = jnp.asarray(low).reshape(ny, nx, *arr.shape[1:])
         res = zogy_cells(
             p1.image, p2.image,
             jnp.asarray(psf1, dtype).reshape(ny, nx, *psf1.shape[1:]),
             jnp.asarray(psf2, dtype).reshape(ny, nx, *psf2.shape[1:]),
             p1.variance, p2.variance, noise1, noise2,
-            f_new=p1.flux, f_ref=p2.flux,
+            f_new=p1.flux, f_ref=p2.flux, **psfLowParts,
             cell_shape=(ch, cw), border=border, calculate_score=calculateScore,
         )
 

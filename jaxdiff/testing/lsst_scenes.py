@@ -25,7 +25,7 @@ def _single_gaussian_2d(x, y, xc, yc, sigma_x, sigma_y, theta):
 
 
 def _lsst_test_wcs():
-    """The SIN WCS of ip_diffim's ``test_zogy.py`` (``makeWcs(offset=0)``)."""
+    """Return the SIN WCS of ip_diffim's ``test_zogy.py`` (``makeWcs(offset=0)``)."""
     from astropy.wcs import WCS
 
     wcs = WCS(naxis=2)
@@ -58,7 +58,7 @@ def make_lsst_zogy_test_images(
     dtype=None,
     with_wcs=True,
 ):
-    """Science/template pair of ip_diffim's ``test_zogy.py::makeFakeImages`` (spec section 8.1).
+    """Science/template pair of ip_diffim's ``test_zogy.py::makeFakeImages`` (ip_diffim ``tests/test_zogy.py``).
 
     Replicates LSST's recipe step by step with ``numpy.random.default_rng(seed)``: Gaussian noise
     (science first), then ``n_sources`` fluxes ``U(50, 30000)``, x and y positions in that order,

@@ -10,7 +10,7 @@ Two entry points:
   :class:`SimulationTruth` holding every input that went in (positions, fluxes, noise-free images,
   PSF parameters ...).
 * :func:`make_lsst_zogy_test_images` replicates ``makeFakeImages`` from ip_diffim's
-  ``tests/test_zogy.py`` (spec ``lsst_ip_diffim.md`` section 8.1), for the LSST cross-check tests.
+  ``tests/test_zogy.py``, for the LSST cross-check tests.
 
 The renderers underneath are jitted pure functions of arrays:
 :func:`render_gaussian_stars`, :func:`render_moffat_stars`, and the kernels
@@ -798,7 +798,7 @@ def _peaks(image, x, y):
 
 
 def _saturation_for(n_sat, mean, x, y):
-    """A level between the n-th and (n+1)-th brightest noise-free peak (geometric mean)."""
+    """Return a level between the n-th and (n+1)-th brightest noise-free peak (geometric mean)."""
     peaks = np.sort(_peaks(mean, x, y))[::-1]
     peaks = peaks[np.isfinite(peaks)]
     if peaks.size < n_sat:
