@@ -1,7 +1,9 @@
 """Tests of jaxdiff.core.kernel_basis: Alard-Lupton, delta-function and PCA bases, regularisation matrices.
 
-Includes the cases of ip_diffim ``tests/test_basisLists.py`` (spec 8.3) and the worked examples of spec
-4.2.2.  All basis code is host float64 numpy, so the tests are the same under ``--float32``.
+Includes the cases of ip_diffim ``tests/test_basisLists.py`` and worked examples of ip_diffim's
+``generateAlardLuptonBasisList``.  All basis code is host float64 numpy, so the tests are the same under
+``--float32``.  The pure functions take plain keyword arguments; the ``*_from_config`` adapters are
+checked against them.
 """
 
 import types
@@ -20,11 +22,13 @@ from jaxdiff.core.kernel_basis import (
     alard_lupton_n_terms,
     alard_lupton_separable,
     delta_function_basis,
+    make_basis,
     make_kernel_basis_list,
     pca_kernel_basis,
     regularization_lambda,
     regularization_matrix,
     regularization_matrix_from_config,
+    regularization_strength,
     renormalize_kernel_list,
 )
 from jaxdiff.tasks.config import PsfMatchConfigAL, PsfMatchConfigDF
@@ -47,7 +51,7 @@ def _gaussian_function2(size, sigma_x, sigma_y):
 
 
 # ---------------------------------------------------------------------------------------------------
-# test_basisLists.py (spec 8.3)
+# ip_diffim tests/test_basisLists.py
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -131,12 +135,13 @@ def test_renormalize_errors_and_empty():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Basis parameters (spec 4.2.2)
+# Basis parameters (ip_diffim generateAlardLuptonBasisList)
 # ---------------------------------------------------------------------------------------------------
 
 S = SIGMA_TO_FWHM
 
-# target FWHM, reference FWHM, mode, sigmas, degrees, kernel size, number of bases (spec 4.2.2 table)
+# target FWHM, reference FWHM, mode, sigmas, degrees, kernel size, number of bases, from the formulas of
+# ip_diffim generateAlardLuptonBasisList with the default PsfMatchConfigAL
 WORKED_EXAMPLES = [
     (2.0, 3.0, "convolution", (0.9496, 1.8991, 3.7983), (4, 2, 2), 23, 27),
     (3.0, 4.0, "convolution", (1.1235, 2.2471, 4.4942), (4, 2, 2), 27, 27),
@@ -159,6 +164,21 @@ def test_worked_examples(target, reference, mode, sigmas, degrees, size, count):
     assert from_config == params
     assert basis.shape == (count, size, size)
     _check_al_properties(basis)
+    # the pure core function, with plain keywords (PsfMatchConfigAL defaults), builds the same basis
+    pure, pure_params = make_basis("alard-lupton", kernel_size=21, target_fwhm=target, reference_fwhm=reference)
+    assert pure_params == params
+    np.testing.assert_array_equal(pure, basis)
+
+
+def test_make_basis_plain_keywords():
+    basis, params = make_basis("alard-lupton", kernel_size=15, n_gauss=2, deg_gauss=(2, 1), sig_gauss=(1.0, 2.0))
+    assert params == BasisParams((1.0, 2.0), (2, 1), 15, "config")
+    np.testing.assert_array_equal(basis, alard_lupton_basis(7, (1.0, 2.0), (2, 1)))
+    basis, params = make_basis("delta-function", kernel_size=7, n_gauss=5)  # AL options ignored
+    assert params is None
+    np.testing.assert_array_equal(basis, delta_function_basis(7))
+    with pytest.raises(ValueError, match="bogus"):
+        make_basis("bogus", kernel_size=21)
 
 
 def test_params_types_are_static():
@@ -367,7 +387,7 @@ def test_basis_argument_errors():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Regularisation (spec 4.2.4)
+# Regularisation (ip_diffim makeRegularizationMatrix; Becker et al. 2012)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -523,6 +543,24 @@ def test_regularization_lambda():
             regularization_lambda(config, m, h)
     with pytest.raises(ValueError, match="lambdaType"):
         regularization_lambda(types.SimpleNamespace(lambdaType="other"), m, h)
+
+
+def test_regularization_strength_plain_keywords():
+    m = np.diag([4.0, 2.0, 6.0])
+    h = np.diag([1.0, 1.0, 2.0])
+    assert regularization_strength(m, h, lambda_type="absolute", lambda_value=0.7) == 0.7
+    assert regularization_strength(m, h, lambda_type="relative", lambda_scaling=0.5) == pytest.approx(1.5, rel=1e-15)
+    assert regularization_strength(m, h, lambda_type="relative") == pytest.approx(1e-4 * 3.0, rel=1e-15)
+    with pytest.raises(ValueError, match="trace"):
+        regularization_strength(m, np.zeros((3, 3)), lambda_type="relative")
+    with pytest.raises(NotImplementedError, match="lambdaLogMin"):
+        regularization_strength(m, h, lambda_type="minimizeBiasedRisk")
+    with pytest.raises(ValueError, match="lambdaType"):
+        regularization_strength(m, h, lambda_type="other")
+    # the adapter reads exactly these three config fields
+    config = types.SimpleNamespace(lambdaType="relative", lambdaValue=9.0, lambdaScaling=0.25)
+    assert regularization_lambda(config, m, h) == regularization_strength(m, h, lambda_type="relative",
+                                                                          lambda_scaling=0.25)
 
 
 # ---------------------------------------------------------------------------------------------------

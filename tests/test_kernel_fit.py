@@ -1,8 +1,10 @@
 """Alard-Lupton least-squares core (jaxdiff.core.kernel_fit): stamp fits, solver, spatial system.
 
 References are independent: scipy correlations, explicit numpy normal equations, the explicit
-``A_c^T M_c A_c`` construction of spec section 4.7, and HOTPANTS' coefficients for LSST's
-compareToHotpants data (read from ../shared when present; the GPL data is never copied here).
+``A_c^T M_c A_c`` construction of the spatial normal equations (ip_diffim ``SpatialKernelSolution``;
+Alard 2000, eqs. 2-4), and HOTPANTS' coefficients for LSST's compareToHotpants data (ip_diffim
+``tests/test_compareToHotpants.py``; read from ../shared when present; the GPL data is never copied
+here).
 """
 
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 from scipy.signal import correlate2d
 
 from jaxdiff.core import kernel_fit as kf
+from jaxdiff.core._results import Status, status_message
 from jaxdiff.core.kernel_basis import alard_lupton_basis, alard_lupton_separable, delta_function_basis
 from jaxdiff.core.spatial import SpatialRange
 
@@ -65,7 +68,7 @@ def test_separable_design_equals_patches(al_basis, stamps, float_dtype, x64):
 
 
 def test_normal_equations_match_numpy(al_basis, stamps, float_dtype, x64):
-    """M, b, the constant-variance weight and the solution against a float64 numpy build (spec 4.4)."""
+    """M, b, the constant-variance weight and the solution against a float64 numpy build (StaticKernelSolution)."""
     images, sep = al_basis
     t, i, _ = stamps
     rng = np.random.default_rng(3)
@@ -89,7 +92,7 @@ def test_normal_equations_match_numpy(al_basis, stamps, float_dtype, x64):
             assert float(f.weight_variance) == pytest.approx(np.median(v), rel=1e-6)
 
 
-def test_vmap_equals_loop_and_no_recompile(al_basis, stamps, float_dtype, x64):
+def test_vmap_equals_loop_and_no_recompile(al_basis, stamps, float_dtype, x64, monkeypatch):
     images, sep = al_basis
     t, i, _ = stamps
     v = np.ones_like(t)
@@ -100,9 +103,20 @@ def test_vmap_equals_loop_and_no_recompile(al_basis, stamps, float_dtype, x64):
         one = kf.fit_stamp(*(a[c] for a in args), basis, fit_background=True)
         np.testing.assert_allclose(np.asarray(batched.coefficients[c]), np.asarray(one.coefficients),
                                    rtol=0, atol=(1e-10 if x64 else 2e-4) * float(jnp.abs(one.coefficients).max()))
-    n0 = kf.fit_stamps._cache_size()
+    # count traces: fit_stamps calls fit_stamp (a module global) only while it is being traced
+    traces = []
+    original = kf.fit_stamp
+
+    def counting(*a, **k):
+        traces.append(1)
+        return original(*a, **k)
+
+    monkeypatch.setattr(kf, "fit_stamp", counting)
     kf.fit_stamps(*(a * 1.5 for a in args), basis, fit_background=True)
-    assert kf.fit_stamps._cache_size() == n0
+    kf.fit_stamps(*(a * 0.5 + 1 for a in args), basis, fit_background=True)
+    assert traces == []  # same shapes and static arguments as above: no retrace
+    kf.fit_stamps(*args, basis, fit_background=True, max_condition=123456789.0)  # new static argument: one trace
+    assert len(traces) == 1
 
 
 def test_chunked_fit_equals_vmapped(al_basis, stamps, float_dtype, x64):
@@ -120,19 +134,43 @@ def test_chunked_fit_equals_vmapped(al_basis, stamps, float_dtype, x64):
 def test_solver_status_singular_and_nonfinite(float_dtype):
     m = np.diag([4.0, 1.0, 0.0])
     b = np.array([8.0, 2.0, 0.0])
-    sol, cond, status = kf.solve_normal_equations(jnp.asarray(m, float_dtype), jnp.asarray(b, float_dtype))
-    assert int(status) & kf.STATUS_SINGULAR
-    np.testing.assert_allclose(np.asarray(sol), [2.0, 2.0, 0.0], rtol=1e-6)
-    assert not np.isfinite(float(cond))
+    res = kf.solve_normal_equations(jnp.asarray(m, float_dtype), jnp.asarray(b, float_dtype))
+    assert isinstance(res, kf.LinearSolution) and len(res) == 4
+    assert int(res.status) & kf.STATUS_SINGULAR
+    assert int(res.status) == Status.singular
+    np.testing.assert_allclose(np.asarray(res.solution), [2.0, 2.0, 0.0], rtol=1e-6)
+    assert not np.isfinite(float(res.condition))
+    np.testing.assert_allclose(np.asarray(res.inverse), np.diag([0.25, 1.0, 0.0]), rtol=1e-6, atol=1e-7)
     m2 = np.array([[2.0, np.nan], [np.nan, 1.0]])
-    sol, cond, status = kf.solve_normal_equations(jnp.asarray(m2, float_dtype), jnp.ones(2, float_dtype))
-    assert int(status) & kf.STATUS_NONFINITE
-    assert np.all(np.isfinite(np.asarray(sol)))
+    res = kf.solve_normal_equations(jnp.asarray(m2, float_dtype), jnp.ones(2, float_dtype))
+    assert int(res.status) & kf.STATUS_NONFINITE
+    assert int(res.status) == Status.nonfinite_input
+    assert np.all(np.isfinite(np.asarray(res.solution)))
     # ill-conditioned flag
     m3 = np.array([[1.0, 1.0 - 1e-9], [1.0 - 1e-9, 1.0]])  # ill-conditioned whatever the column scaling
-    _, cond, status = kf.solve_normal_equations(jnp.asarray(m3, jnp.float64 if float_dtype == np.float64 else jnp.float32),
-                                               jnp.ones(2), max_condition=1e6)
-    assert int(status) & (kf.STATUS_ILL_CONDITIONED | kf.STATUS_SINGULAR)
+    res = kf.solve_normal_equations(jnp.asarray(m3, float_dtype), jnp.ones(2, float_dtype), max_condition=1e6)
+    assert int(res.status) & (kf.STATUS_ILL_CONDITIONED | kf.STATUS_SINGULAR)
+    assert "maxConditionNumber" in status_message(res.status) or "singular" in status_message(res.status)
+
+
+@pytest.mark.parametrize("solver", ["normal", "triangular"])
+def test_solver_inverse_matches_numpy(solver, float_dtype, x64):
+    """The (pseudo-)inverse returned with every solution equals the float64 numpy inverse."""
+    rng = np.random.default_rng(21)
+    c = rng.normal(size=(40, 5)) * np.array([1.0, 10.0, 0.1, 3.0, 1.0])
+    y = rng.normal(size=40)
+    m = c.T @ c
+    if solver == "normal":
+        res = kf.solve_normal_equations(jnp.asarray(m, float_dtype), jnp.asarray(c.T @ y, float_dtype))
+    else:
+        q, r = np.linalg.qr(c)
+        res = kf.solve_triangular_system(jnp.asarray(r, float_dtype), jnp.asarray(q.T @ y, float_dtype))
+    tol = 1e-10 if x64 else 2e-4
+    assert int(res.status) == Status.successful
+    ref = np.linalg.inv(m)
+    np.testing.assert_allclose(np.asarray(res.inverse), ref, rtol=tol, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(res.solution), np.linalg.solve(m, c.T @ y), rtol=tol * 10,
+                               atol=tol * 10 * np.abs(np.linalg.solve(m, c.T @ y)).max())
 
 
 def test_zero_variance_flagged(al_basis, stamps, float_dtype):
@@ -144,10 +182,11 @@ def test_zero_variance_flagged(al_basis, stamps, float_dtype):
     f = kf.fit_stamp(*(jnp.asarray(a, float_dtype) for a in (t[0], i[0], v0, v * 0)), kf.make_fit_basis(images, sep, dtype=float_dtype),
                      constant_variance=False)
     assert int(f.status) & kf.STATUS_BAD_VARIANCE
+    assert "variance" in status_message(f.status)
 
 
 def _explicit_spatial(mats, vecs, px, py, nb, order, bg_order, fit_bg, const_first):
-    """A_c built element by element (spec 4.7), polynomial model, summed in numpy."""
+    """A_c built element by element (SpatialKernelSolution), polynomial model, summed in numpy."""
     def terms(x, y, o):
         return np.array([x ** (d - k) * y ** k for d in range(o + 1) for k in range(d + 1)])
 
@@ -156,7 +195,7 @@ def _explicit_spatial(mats, vecs, px, py, nb, order, bg_order, fit_bg, const_fir
     nt = (nb - 1) * nkt + 1 + nbt if const_first else nb * nkt + nbt
     msp = np.zeros((nt, nt))
     bsp = np.zeros(nt)
-    for q, w, x, y in zip(mats, vecs, px, py):
+    for q, w, x, y in zip(mats, vecs, px, py, strict=True):
         p = terms(x, y, order)
         a = np.zeros((q.shape[0], nt))
         col = 0
@@ -225,8 +264,20 @@ def test_spatial_solution_recovers_linear_kernel_variation(float_dtype, x64):
     assert int(sol.status) == 0
     tol = 1e-8 if x64 else 2e-3
     np.testing.assert_allclose(np.asarray(sol.kernel_coeffs), true, atol=tol)
-    # the reported covariance is the inverse of the spatial normal matrix
-    assert np.all(np.isfinite(np.asarray(sol.covariance)))
+    # the reported covariance is the inverse of the spatial normal matrix, built here in float64 numpy:
+    # M_c = C_c^T W C_c (C_c = basis correlations, W = 1 / median(V_T + V_I) = 1/2) and
+    # sum_c A_c^T M_c A_c with Chebyshev T_0 = 1, T_1(x) = x at the mapped centres
+    mats = []
+    for c in range(n):
+        cc = np.stack([correlate2d(t[c], b, mode="valid").ravel() for b in images], axis=1)
+        mats.append(cc.T @ cc / 2.0)
+    xp, yp = (xs - 127.5) * 2 / 256, (ys - 127.5) * 2 / 256
+    msp, _ = _explicit_spatial(np.array(mats), np.zeros((n, nb)), xp, yp, nb, 1, 0, False, True)
+    cov_ref = np.linalg.inv(msp)
+    cov = np.asarray(sol.covariance, np.float64)
+    ctol = 1e-10 if x64 else 2e-5
+    np.testing.assert_allclose(cov, cov_ref, rtol=ctol, atol=ctol * np.abs(np.diag(cov_ref)).max())
+    np.testing.assert_allclose(np.diag(cov), np.diag(cov_ref), rtol=ctol)
 
 
 def test_check_grads_through_convolve_and_solve(al_basis, stamps, x64):
@@ -263,7 +314,7 @@ def test_residual_stats_match_numpy(float_dtype, x64):
 
 
 # ------------------------------------------------------------------------------------------
-# HOTPANTS cross-check (spec 8.6): LSST's compareToHotpants data, HOTPANTS coefficients
+# HOTPANTS cross-check (ip_diffim tests/test_compareToHotpants.py): LSST's data, HOTPANTS coefficients
 HP_SINGLE = [0.959086, -0.000344, -0.197758, 0.000019, -0.000172, 0.000053, 0.000018, -0.192776, 0.000000,
              0.000001, 0.602642]
 HP_FOUR = [0.969559, -0.000223, -0.198374, 0.000012, -0.000010, 0.000036, -0.000004, -0.206751, 0.000012,
@@ -296,7 +347,7 @@ def hotpants(request):
     s = readExposure(path / "scienceMI.fits")
     t = readExposure(path / "templateMI.fits")
     base = alard_lupton_basis(9, (3.0,), (3,))
-    basis = np.stack([base[o] / sc for o, sc in zip(HP_ORDER, HP_SCALING)])
+    basis = np.stack([base[o] / sc for o, sc in zip(HP_ORDER, HP_SCALING, strict=True)])
     return t, s, basis
 
 

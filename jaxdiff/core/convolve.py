@@ -1,7 +1,7 @@
 """Fixed and spatially varying image convolution with LSST afw conventions.
 
 afw "convolution" (``lsst.afw.math.convolve``) is a **cross-correlation**: the kernel image is not
-flipped (spec ``research/lsst_ip_diffim.md`` sections 2.2-2.3)::
+flipped (afw ``Kernel`` images and ``lsst.afw.math.convolve``)::
 
     out(X, Y) = sum_{u, v} K(u, v) * in(X + u, Y + v)
 
@@ -14,7 +14,8 @@ the top.  The remaining *good region* is what :func:`correlate_valid` returns.
 Functions
 ---------
 * :func:`correlate_valid`, :func:`correlate_same`, :func:`good_box_slices`: fixed kernel, direct
-  (``lax.conv_general_dilated``) or real-FFT evaluation, chosen by a calibrated cost model.
+  (an unrolled sum of shifted slices or ``lax.conv_general_dilated``) or real-FFT evaluation,
+  chosen by :func:`choose_method` (a calibrated cost model) or explicitly with ``method=``.
 * :func:`spatially_varying_correlate`, :func:`spatially_varying_correlate_variance`: a
   linear-combination kernel ``K(X, Y) = sum_s phi_s(X, Y) K_s`` with afw spatial functions
   ``phi_s`` (:mod:`jaxdiff.core.spatial`), applied exactly per pixel.
@@ -37,6 +38,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ._numerics import PRECISION
 from .fft import fast_fft_shape, psf_to_otf
 from .spatial import SPATIAL_MODELS, SpatialRange, n_spatial_terms, spatial_exponents
 
@@ -56,24 +58,23 @@ __all__ = [
     "spatially_varying_correlate_variance",
 ]
 
-#: Precision of every convolution / matrix product in this module.
-PRECISION = lax.Precision.HIGHEST
-
-#: Accepted ``method`` values.
-METHODS = ("auto", "direct", "fft")
+#: Accepted ``method`` values: ``"auto"`` and ``"direct"`` are resolved by :func:`choose_method` to
+#: one of the three implementations ``"shift_add"``, ``"lax_conv"`` and ``"fft"``.
+METHODS = ("auto", "direct", "fft", "shift_add", "lax_conv")
 
 #: Cost model of ``method="auto"`` (see :func:`choose_method`): the direct method is used when the
 #: kernel area ``Kh * Kw`` is at most ``AUTO_DIRECT_MAX_AREA[0] + AUTO_DIRECT_MAX_AREA[1] *
-#: log2(N_fft)``, ``N_fft`` = number of pixels of the FFT grid.  Calibrated on a shared 2-core
-#: CPU (XLA:CPU, JAX 0.10.2), float32 and float64, images 40^2 to 2048^2, kernels 5x5 to 15x15:
-#: the measured break-even kernel area was ~50 at 40^2-100^2 (log2 N_fft 11-13.5), ~90-100 at
-#: 256^2-1024^2 (16-20) and ~130-160 at 2048^2 (22), i.e. roughly 7x7 to 12x12 kernels.  Not
-#: calibrated on GPUs.
+#: log2(N_fft)``, ``N_fft`` = number of pixels of the FFT grid.  Calibrated on CPU (XLA:CPU),
+#: float32 and float64, images 40^2 to 2048^2, kernels 5x5 to 15x15: the break-even kernel area
+#: grows from ~50 pixels for 40^2-100^2 images (log2 N_fft 11-13.5) to ~90-100 for 256^2-1024^2
+#: (16-20) and ~130-160 for 2048^2 (22), i.e. roughly 7x7 to 12x12 kernels.  Not calibrated on
+#: GPUs.
 AUTO_DIRECT_MAX_AREA = (-40.0, 8.0)
 
-#: On CPU, ``method="direct"`` sums shifted slices (unrolled) for kernels of at most this many
-#: pixels and calls ``lax.conv_general_dilated`` above (compile time of the unrolled sum grows with
-#: the area: ~0.3 s at 15x15).
+#: On CPU, ``method="direct"`` resolves to ``"shift_add"`` (an unrolled sum of shifted slices) for
+#: kernels of at most this many pixels and to ``"lax_conv"`` (``lax.conv_general_dilated``) above,
+#: because the compile time of the unrolled sum grows with the kernel area.  On other backends
+#: ``"direct"`` is always ``"lax_conv"``.
 SHIFT_ADD_MAX_AREA = 225
 
 
@@ -153,7 +154,7 @@ def good_box_slices(image_shape: Sequence[int], kernel_shape: Sequence[int]) -> 
 
 
 def _float_array(a, name, dtype=None):
-    """``a`` as a jax array: float32/float64 (``dtype=None``), or any float cast to ``dtype``."""
+    """Return ``a`` as a jax array: float32/float64 (``dtype=None``), or any float cast to ``dtype``."""
     a = jnp.asarray(a)
     if dtype is None and a.dtype not in (jnp.float32, jnp.float64):
         msg = (
@@ -195,49 +196,69 @@ def _fft_shape(image_shape):
     return fast_fft_shape(image_shape)
 
 
-def choose_method(image_shape: Sequence[int], kernel_shape: Sequence[int], method: str = "auto") -> str:
-    """Resolve ``method`` to ``"direct"`` or ``"fft"`` (static, pure Python).
+def choose_method(
+    image_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    method: str = "auto",
+    *,
+    backend: str | None = None,
+) -> str:
+    """Resolve ``method`` to one implementation: ``"shift_add"``, ``"lax_conv"`` or ``"fft"`` (static).
 
     Parameters
     ----------
     image_shape, kernel_shape : (int, int)
         Shapes of the image and of one kernel.
-    method : {"auto", "direct", "fft"}
+    method : {"auto", "direct", "fft", "shift_add", "lax_conv"}
         ``"auto"`` applies the calibrated cost model: direct when
         ``Kh * Kw <= a + b * log2(N_fft)`` with ``(a, b) =`` :data:`AUTO_DIRECT_MAX_AREA` and
-        ``N_fft`` the pixel count of the FFT grid (``fast_fft_shape((H, W))``).
+        ``N_fft`` the pixel count of the FFT grid (``fast_fft_shape((H, W))``), else ``"fft"``.
+        ``"direct"`` then picks the direct implementation for ``backend``: ``"shift_add"`` on CPU
+        for kernels of at most :data:`SHIFT_ADD_MAX_AREA` pixels, ``"lax_conv"`` otherwise.
+        ``"shift_add"``, ``"lax_conv"`` and ``"fft"`` are returned unchanged (on any backend).
+    backend : str, optional, keyword-only
+        The backend the choice is made for (``"cpu"``, ``"gpu"``, ``"tpu"``); default
+        ``jax.default_backend()``.  Passing it lets every path be selected and compared anywhere.
 
     Returns
     -------
     str
-        ``"direct"`` or ``"fft"``.
+        ``"shift_add"``, ``"lax_conv"`` or ``"fft"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method``.
 
     Notes
     -----
     Both methods cost about proportionally to the number of pixels: direct ``~ c_d * Kh * Kw`` per
     output pixel, FFT ``~ c_f * log2(N_fft)`` per grid pixel (one forward + one inverse real FFT and
-    the kernel's transfer function), hence a crossover kernel area linear in ``log2(N_fft)``.
-    Measured on the 2-core development CPU (float32 and float64 alike): break-even at a kernel area
-    of ~50 px for 40^2-100^2 images, ~90-100 px for 256^2-1024^2 and ~130-160 px at 2048^2; the
-    model gives 48 (64^2), 88 (256^2), 120 (1024^2), 136 (2048^2) and 152 (4096^2).  So the AL
-    kernels (21^2 to 35^2) always take the FFT, and kernels up to ~7x7 always the direct sum.
-    (XLA:CPU's float32 ``conv_general_dilated`` is so slow that the FFT beats it even for 3x3; the
-    direct method therefore uses an unrolled shifted-slice sum on CPU, see :func:`correlate_valid`.)
+    the kernel's transfer function), hence a crossover kernel area linear in ``log2(N_fft)``.  The
+    model gives 48 (64^2), 88 (256^2), 120 (1024^2), 136 (2048^2) and 152 (4096^2) pixels, so the AL
+    kernels (21^2 to 35^2) always take the FFT and kernels up to ~7x7 always a direct sum.  On
+    XLA:CPU, float32 ``conv_general_dilated`` is slow enough that the FFT beats it even for 3x3
+    kernels, hence the unrolled ``"shift_add"`` implementation there.
 
     Examples
     --------
-    >>> choose_method((256, 256), (5, 5)), choose_method((256, 256), (23, 23))
-    ('direct', 'fft')
+    >>> choose_method((256, 256), (5, 5), backend="cpu"), choose_method((256, 256), (23, 23))
+    ('shift_add', 'fft')
+    >>> choose_method((256, 256), (5, 5), backend="gpu")
+    'lax_conv'
     """
     if method not in METHODS:
         msg = f"method must be one of {METHODS}, got {method!r}"
         raise ValueError(msg)
-    if method != "auto":
-        return method
     kh, kw = (int(n) for n in kernel_shape)
-    fh, fw = _fft_shape(image_shape)
-    a, b = AUTO_DIRECT_MAX_AREA
-    return "direct" if kh * kw <= a + b * math.log2(fh * fw) else "fft"
+    if method == "auto":
+        fh, fw = _fft_shape(image_shape)
+        a, b = AUTO_DIRECT_MAX_AREA
+        method = "direct" if kh * kw <= a + b * math.log2(fh * fw) else "fft"
+    if method == "direct":
+        backend = jax.default_backend() if backend is None else str(backend)
+        method = "shift_add" if backend == "cpu" and kh * kw <= SHIFT_ADD_MAX_AREA else "lax_conv"
+    return method
 
 
 # --------------------------------------------------------------------------------------
@@ -245,16 +266,16 @@ def choose_method(image_shape: Sequence[int], kernel_shape: Sequence[int], metho
 # --------------------------------------------------------------------------------------
 
 
-def _direct_valid(image, kernel):
-    """Good region by a direct sum over kernel offsets.
+def _direct_valid(image, kernel, method):
+    """Good region by a direct sum over kernel offsets (``method`` "shift_add" or "lax_conv").
 
-    On CPU, kernels of at most :data:`SHIFT_ADD_MAX_AREA` pixels use an unrolled sum of shifted
-    slices (one fused loop; XLA:CPU's float32 ``conv_general_dilated`` is 10-50x slower); larger
-    kernels and other backends use ``lax.conv_general_dilated`` (a correlation, "VALID" padding,
-    ``precision=HIGHEST``).
+    ``"shift_add"``: an unrolled sum of shifted slices (one fused loop; on XLA:CPU much faster than
+    float32 ``conv_general_dilated``); ``"lax_conv"``: ``lax.conv_general_dilated`` (a correlation,
+    "VALID" padding, ``precision=PRECISION``).  Which one ``method="direct"`` means is decided
+    outside jit by :func:`choose_method`.
     """
     (h, w), (kh, kw) = image.shape, kernel.shape
-    if jax.default_backend() == "cpu" and kh * kw <= SHIFT_ADD_MAX_AREA:
+    if method == "shift_add":
         hv, wv = h - kh + 1, w - kw + 1
         out = kernel[0, 0] * image[:hv, :wv]
         for j in range(kh):
@@ -287,8 +308,8 @@ def _fft_valid_from_hat(image_hat, kernel, image_shape, fft_shape):
 
 
 def _valid(image, kernel, method):
-    if method == "direct":
-        return _direct_valid(image, kernel)
+    if method != "fft":
+        return _direct_valid(image, kernel, method)
     fft_shape = _fft_shape(image.shape)
     return _fft_valid_from_hat(_rfft_padded(image, fft_shape), kernel, image.shape, fft_shape)
 
@@ -324,12 +345,13 @@ def correlate_valid(
     kernel : array_like, shape (Kh, Kw)
         Floating-point kernel, cast to the image dtype; odd or even sizes (centre ``K // 2``), no
         larger than the image.  Not normalised (afw ``doNormalize=False``).
-    method : {"auto", "direct", "fft"}, keyword-only
-        ``"direct"``: ``lax.conv_general_dilated`` with ``precision=HIGHEST`` (on CPU, kernels of at
-        most :data:`SHIFT_ADD_MAX_AREA` pixels use an equivalent unrolled sum of shifted slices,
-        10-50x faster there); ``"fft"``: real FFT on the grid ``fast_fft_shape((H, W))`` (kernel
-        transfer function by skinny matrix products);
-        ``"auto"``: :func:`choose_method`.
+    method : {"auto", "direct", "fft", "shift_add", "lax_conv"}, keyword-only
+        ``"shift_add"``: an unrolled sum of shifted slices; ``"lax_conv"``:
+        ``lax.conv_general_dilated`` with ``precision=HIGHEST``; ``"fft"``: real FFT on the grid
+        ``fast_fft_shape((H, W))`` (kernel transfer function by skinny matrix products).
+        ``"direct"`` is ``"shift_add"`` on CPU for kernels of at most :data:`SHIFT_ADD_MAX_AREA`
+        pixels and ``"lax_conv"`` otherwise; ``"auto"`` chooses between direct and FFT with the
+        cost model of :func:`choose_method`.  All give the same result to rounding.
 
     Returns
     -------
@@ -352,8 +374,9 @@ def correlate_valid(
     afw way.)  float32 FFT results carry rounding errors ~1e-7 relative to ``max|out|``; tiny values
     far below that scale are not reproduced to relative precision.
 
-    **JAX.** Static: the shapes, the dtype and ``method`` (``"auto"`` is resolved before jit, so it
-    compiles the same program as the method it picks); one compile per shape.  Differentiable with
+    **JAX.** Static: the shapes, the dtype and ``method`` (``"auto"`` and ``"direct"`` are resolved
+    before jit, so they compile the same program as the implementation they pick); one compile per
+    shape.  Differentiable with
     respect to ``image`` and ``kernel`` (forward and reverse mode).  Written for one image: use
     ``jax.vmap`` for leading batch axes of ``image`` and/or ``kernel``.
 
@@ -383,7 +406,7 @@ def correlate_same(
         float32 or float64 image.
     kernel : array_like, shape (Kh, Kw)
         Floating-point kernel (centre ``(Kh // 2, Kw // 2)``), no larger than the image.
-    method : {"auto", "direct", "fft"}, keyword-only
+    method : {"auto", "direct", "fft", "shift_add", "lax_conv"}, keyword-only
         See :func:`correlate_valid`.
     fill : float or 0-d array, keyword-only
         Value of the edge band (traced: changing it does not recompile; NaN is fine).
@@ -484,7 +507,7 @@ def _square_mixing(order: int, model: str) -> np.ndarray:
 
 
 def _spatial_accumulate(image, kernels, wy, wx, method):
-    """``sum_s wy[s][:, None] * (K_s star image)_good * wx[s][None, :]``, one term per scan step."""
+    """Accumulate ``sum_s wy[s][:, None] * (K_s star image)_good * wx[s][None, :]``, a term per scan step."""
     kh, kw = kernels.shape[1:]
     rows, cols = good_box_slices(image.shape, (kh, kw))
     if method == "fft":
@@ -496,7 +519,7 @@ def _spatial_accumulate(image, kernels, wy, wx, method):
     else:
 
         def term(k):
-            return _direct_valid(image, k)
+            return _direct_valid(image, k, method)
 
     def body(acc, xs):
         k, a, b = xs
@@ -609,7 +632,7 @@ def spatially_varying_correlate(
         ``"polynomial"``).
     xy0 : (x0, y0), keyword-only
         PARENT origin of the array (traced: sub-images with other origins do not recompile).
-    method : {"auto", "direct", "fft"}, keyword-only
+    method : {"auto", "direct", "fft", "shift_add", "lax_conv"}, keyword-only
         As :func:`correlate_valid`, per term kernel.
     fill : float or 0-d array, keyword-only
         Edge-band value (traced).
@@ -829,9 +852,7 @@ def grow_mask(mask: Int[ArrayLike, "H W"], footprint: Bool[ArrayLike, "Kh Kw"]) 
     A full (all-True) footprint, the usual case, is separable: OR along x, then along y, each with
     ``ceil(log2(K))`` shifted ORs (window doubling).  Any other footprint goes row by row: one pass
     per all-True footprint row and one pass per True pixel of the other rows (False pixels are
-    skipped).  Measured at 4096^2 with 23x23 footprints on 2 CPU cores: full box 0.07 s, delta
-    0.2 s, box without its 4 corners 0.4 s, box with one zero column (every row partial,
-    ``~Kh * Kw`` passes) 1.7 s.
+    skipped), so a footprint whose every row is partial costs ``~Kh * Kw`` passes.
 
     **JAX.** Static: shapes.  The footprint is traced; the two paths are the branches of a
     ``lax.cond`` (under ``jax.vmap`` with a batched footprint both branches run).  Not differentiable
@@ -940,7 +961,7 @@ def convolve_masked_image(
     no_data_bit: int,
     method: str = "auto",
 ) -> MaskedConvolution:
-    """afw ``convolve(out, maskedImage, kernel, doNormalize=False, doCopyEdge=False)`` for a fixed kernel.
+    """Convolve a masked image with a fixed kernel (afw ``convolve``, doNormalize=False, doCopyEdge=False).
 
     Parameters
     ----------
@@ -952,7 +973,7 @@ def convolve_masked_image(
         Kernel (not normalised; centre ``K // 2``).
     no_data_bit : int, keyword-only
         Index of the NO_DATA mask plane (8 in afw's default dictionary).
-    method : {"auto", "direct", "fft"}, keyword-only
+    method : {"auto", "direct", "fft", "shift_add", "lax_conv"}, keyword-only
         As :func:`correlate_valid`.
 
     Returns
@@ -1006,7 +1027,9 @@ def spatially_varying_convolve_masked_image(
     no_data_bit: int,
     method: str = "auto",
 ) -> MaskedConvolution:
-    """afw ``convolve`` (doNormalize=False, doCopyEdge=False) with a spatially varying kernel.
+    """Convolve a masked image with a spatially varying kernel (afw ``convolve``, doNormalize=False).
+
+    As afw with ``doNormalize=False, doCopyEdge=False``.
 
     Image plane: :func:`spatially_varying_correlate`; variance plane:
     :func:`spatially_varying_correlate_variance` (exact ``K(X, Y)**2``); mask: input mask OR-ed over
@@ -1024,7 +1047,7 @@ def spatially_varying_convolve_masked_image(
         As :func:`spatially_varying_correlate`.
     no_data_bit : int, keyword-only
         Index of the NO_DATA plane (8 in afw's default dictionary).
-    method : {"auto", "direct", "fft"}, keyword-only
+    method : {"auto", "direct", "fft", "shift_add", "lax_conv"}, keyword-only
         Per term kernel, as :func:`correlate_valid`.
 
     Returns
@@ -1043,9 +1066,7 @@ def spatially_varying_convolve_masked_image(
     forward real FFTs, ``P`` inverse FFTs for the image and ``(2 order + 1)(2 order + 2) / 2`` for
     the variance (6 + 15 for order 2), one term at a time in ``lax.scan``; the image, variance and
     mask planes are three separate jitted calls, so only one plane's work buffers are alive at a
-    time.  Measured (float32, order 2, 23x23 kernels, shared 2-core CPU, warm): 2048^2 in ~0.4-0.65 s,
-    4096^2 in ~2.3-3.4 s (35x35 kernels: the same), peak RSS increase ~240 MB resp. ~430 MB
-    including the three output planes.
+    time.
 
     **JAX.** As :func:`spatially_varying_correlate` plus static ``no_data_bit``.  Differentiable
     with respect to ``image``, ``variance`` and ``term_kernels``.

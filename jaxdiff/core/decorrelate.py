@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from ._numerics import PRECISION, float_dtype, safe_divide, safe_rsqrt, tiny
 from .fft import crop_center_origin, fast_fft_shape, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
 from .stats import clipped_stats
 
@@ -50,8 +51,6 @@ PAD_MODES = ("constant", "reflect")
 
 #: Accepted ``variance_mode`` values of :func:`decorrelate` (used with variance planes only).
 VARIANCE_MODES = ("estimate", "propagate")
-
-_PRECISION = jax.lax.Precision.HIGHEST
 
 
 class DecorrelationResult(NamedTuple):
@@ -89,20 +88,6 @@ class DecorrelationResult(NamedTuple):
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-
-
-def _float_dtype(*arrays):
-    dtype = jnp.result_type(*arrays)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
-    if dtype not in (jnp.float32, jnp.float64):
-        msg = f"jaxdiff.core.decorrelate supports float32 and float64, got {dtype}"
-        raise ValueError(msg)
-    return dtype
-
-
-def _tiny(dtype) -> float:
-    return 100 * float(jnp.finfo(dtype).tiny)
 
 
 def _check_kernel(name, k, max_shape=None):
@@ -145,13 +130,13 @@ def _stamp_from_half_spectrum(spec, fft_shape, stamp_shape):
     """``crop_center_origin(irfft2(spec, s=fft_shape), stamp_shape)`` with two skinny matrix products."""
     cdtype = spec.dtype
     ey, ex = (jnp.asarray(m, cdtype) for m in stamp_idft_matrices(fft_shape, stamp_shape))
-    mm = functools.partial(jnp.matmul, precision=_PRECISION)
+    mm = functools.partial(jnp.matmul, precision=PRECISION)
     return mm(ey, mm(spec, ex)).real
 
 
 def _phi_hat(kernel, svar, tvar, fft_shape):
     """φ̂ (half spectrum) and κ̂ on ``fft_shape``; see :func:`decorrelation_kernel_ft`."""
-    tiny = _tiny(kernel.dtype)
+    eps = tiny(kernel.dtype)
     k_hat = psf_to_otf(kernel, fft_shape)
     k_abs2 = k_hat.real**2 + k_hat.imag**2
     k_sum = jnp.sum(kernel)
@@ -160,9 +145,9 @@ def _phi_hat(kernel, svar, tvar, fft_shape):
     t0 = tvar if tvar.ndim == 0 else tvar[0, 0]
     num = s0 + t0 * k_sum**2
     den = svar + tvar * k_abs2
-    ok = (den > tiny) & (num > tiny)
+    ok = (den > eps) & (num > eps)
     # double where: the unused branch sees 1, so values and gradients stay finite
-    phi = jnp.where(ok, jnp.sqrt(jnp.where(ok, num, 1) / jnp.where(ok, den, 1)), 1)
+    phi = jnp.sqrt(safe_divide(num, den, fill=1, where=ok))
     return phi.astype(kernel.dtype), k_hat
 
 
@@ -245,7 +230,7 @@ def decorrelation_kernel_ft(
     >>> phi.shape, bool(jnp.allclose(phi, 1.0))
     ((8, 5), True)
     """
-    dtype = _float_dtype(matching_kernel)
+    dtype = float_dtype(matching_kernel)
     kernel, svar, tvar = (
         jnp.asarray(a, dtype) for a in (matching_kernel, science_variance, template_variance)
     )
@@ -317,7 +302,7 @@ def decorrelation_kernel(
     >>> phi.shape, round(float(phi[3, 3]), 6), round(float(jnp.abs(phi).sum()), 6)
     ((7, 7), 1.0, 1.0)
     """
-    dtype = _float_dtype(matching_kernel)
+    dtype = float_dtype(matching_kernel)
     kernel, svar, tvar = (
         jnp.asarray(a, dtype) for a in (matching_kernel, science_variance, template_variance)
     )
@@ -385,7 +370,7 @@ def _pad_fn(shape, fft_shape, pad_mode):
 def _decorrelate_jit(difference, variance, kernel, svar, tvar, psf, mask, *, fft_shape, pad_mode,
                      variance_mode):  # fmt: skip
     dtype = difference.dtype
-    tiny = _tiny(dtype)
+    eps = tiny(dtype)
     shape = difference.shape
     pad, crop = _pad_fn(shape, fft_shape, pad_mode)
 
@@ -423,9 +408,8 @@ def _decorrelate_jit(difference, variance, kernel, svar, tvar, psf, mask, *, fft
         k_sum, k_sq_sum = jnp.sum(kernel), jnp.sum(kernel**2)
         num = s_level + t_level * k_sum**2
         den = s_level + t_level * k_sq_sum
-        ok = (den > tiny) & (num > tiny)
-        ratio = jnp.where(ok, jnp.where(ok, num, 1) / jnp.where(ok, den, 1), 1)
-        new_var = variance * ratio
+        ok = (den > eps) & (num > eps)
+        new_var = variance * safe_divide(num, den, fill=1, where=ok)
     elif variance_mode == "estimate":
         # ip_diffim estimateVariancePlane: V_I Σφ² + V_T Σ(κ⋆φ)² (Parseval on the DFT grid)
         w1 = _full_mean(phi**2, fft_shape)
@@ -566,7 +550,7 @@ def decorrelate(
     >>> bool(jnp.allclose(res.image, d, atol=1e-5)), float(res.variance[0, 0])
     (True, 2.0)
     """
-    dtype = _float_dtype(difference)
+    dtype = float_dtype(difference)
     as_arr = functools.partial(jnp.asarray, dtype=dtype)
     difference, variance, kernel, svar, tvar = map(
         as_arr, (difference, variance, matching_kernel, science_variance, template_variance)
@@ -612,7 +596,6 @@ def decorrelate(
 @functools.partial(jax.jit, static_argnames=("fft_shape",))
 def _score_jit(difference, variance, psf, mask, *, fft_shape):
     dtype = difference.dtype
-    tiny = _tiny(dtype)
     pad, crop = _pad_fn(difference.shape, fft_shape, "constant")
     valid = jnp.isfinite(difference) & jnp.isfinite(variance)
     if mask is not None:
@@ -627,8 +610,8 @@ def _score_jit(difference, variance, psf, mask, *, fft_shape):
 
     num = correlate(p_hat, d0)
     den = correlate(p2_hat, v0)
-    ok = valid & (den > tiny)
-    score = jnp.where(ok, num * jax.lax.rsqrt(jnp.where(ok, den, 1)), 0)
+    ok = valid & (den > tiny(dtype))
+    score = jnp.where(ok, num * safe_rsqrt(den, where=ok), 0)  # double where: finite values and gradients
     return jnp.where(valid, score, jnp.nan)
 
 
@@ -702,7 +685,7 @@ def score_image(
     >>> float(score_image(d, 1.0, psf)[8, 8])
     3.0
     """
-    dtype = _float_dtype(difference)
+    dtype = float_dtype(difference)
     as_arr = functools.partial(jnp.asarray, dtype=dtype)
     difference, variance, psf = map(as_arr, (difference, variance, psf))
     shape = difference.shape

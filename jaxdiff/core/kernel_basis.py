@@ -1,19 +1,27 @@
-"""Kernel bases for Alard-Lupton PSF matching: Gaussian-times-polynomial (Alard-Lupton), delta-function
-and PCA bases, plus the delta-function regularisation matrix (spec: ``research/lsst_ip_diffim.md``
-sections 4.1-4.2).
+"""Kernel bases for Alard-Lupton PSF matching, and the delta-function regularisation matrix.
+
+Gaussian-times-polynomial (Alard & Lupton 1998), delta-function and PCA bases (ip_diffim
+``makeKernelBasisList``, ``makeAlardLuptonBasisList``, ``makeDeltaFunctionBasisList``, ``KernelPca``)
+and the regularisation of delta-function kernels (ip_diffim ``makeRegularizationMatrix``; Becker et
+al. 2012).
 
 The model of Alard & Lupton (1998) writes the matching kernel as a linear combination of fixed basis
 images, ``K = sum_i a_i B_i``.  Bases are small (at most a few hundred 35 x 35 images) and depend only on
 static numbers (PSF widths, kernel size), so everything here runs on the host in float64 numpy, outside
 ``jit``; callers cast the result (``jnp.asarray(basis, dtype)``) and pass it to the jitted fit.
 
-Conventions (afw, spec section 2.2): a kernel of width ``w = 2 * half_width + 1`` is stored as an array
+Conventions (afw ``Kernel`` images): a kernel of width ``w = 2 * half_width + 1`` is stored as an array
 ``[row, col]`` = ``[v + half_width, u + half_width]``, where ``(u, v)`` is the (x, y) offset from the
 centre pixel; x runs along columns.
 
 Basis order follows LSST ``makeAlardLuptonBasisList``: Gaussian by Gaussian, and for each Gaussian the
-terms of afw's ``PolynomialFunction2`` (spec section 2.7), ``1, x, y, x^2, x y, y^2, x^3, ...`` (total
-degree, then decreasing power of x).
+terms of afw's ``PolynomialFunction2``, ``1, x, y, x^2, x y, y^2, x^3, ...`` (total degree, then
+decreasing power of x).
+
+Everything here takes plain keyword arguments.  The ``*_from_config`` functions and
+:func:`make_kernel_basis_list` / :func:`regularization_lambda` at the end of the module are thin
+adapters that read the fields of LSST ``PsfMatchConfig`` objects for the task shell; they hold no
+logic of their own.
 """
 
 import math
@@ -31,6 +39,8 @@ __all__ = [
     "SIGMA_TO_FWHM",
     "BasisParams",
     "SeparableBasis",
+    "make_basis",
+    "regularization_strength",
     "alard_lupton_basis",
     "alard_lupton_basis_params",
     "alard_lupton_basis_params_from_config",
@@ -121,7 +131,7 @@ class SeparableBasis(NamedTuple):
 
 
 def alard_lupton_n_terms(degrees: Sequence[int]) -> int:
-    """Number of Alard-Lupton basis images for polynomial ``degrees``: ``sum (d + 1)(d + 2) / 2``.
+    """Return the number of Alard-Lupton basis images for polynomial ``degrees``: ``sum (d + 1)(d + 2) / 2``.
 
     Examples
     --------
@@ -172,8 +182,9 @@ def alard_lupton_basis_params(
     kernel_size_min: int = 21,
     kernel_size_max: int = 35,
 ) -> BasisParams:
-    r"""Gaussian sigmas, degrees and kernel size of an Alard-Lupton basis (ip_diffim
-    ``generateAlardLuptonBasisList``, spec 4.2.2).
+    r"""Compute the Gaussian sigmas, degrees and kernel size of an Alard-Lupton basis.
+
+    ip_diffim ``generateAlardLuptonBasisList``.
 
     The "target" is the image that gets convolved (the template) and the "reference" the image it is
     matched to (the science image).  With ``s = 2 sqrt(2 ln 2)``, ``σ_t = target_fwhm / s`` and
@@ -303,62 +314,6 @@ def alard_lupton_basis_params(
     return BasisParams(tuple(new_sigmas), (deg,) * len(new_sigmas), 2 * (size // 2) + 1, "deconvolution")
 
 
-def alard_lupton_basis_params_from_config(
-    config,
-    target_fwhm: float | None = None,
-    reference_fwhm: float | None = None,
-    basis_deg_gauss: Sequence[int] | None = None,
-    basis_sigma_gauss: Sequence[float] | None = None,
-) -> BasisParams:
-    """:func:`alard_lupton_basis_params` with the fields of a ``PsfMatchConfigAL``-like object.
-
-    Parameters
-    ----------
-    config : PsfMatchConfigAL-like
-        Any object with the LSST attribute names ``alardNGauss``, ``alardDegGauss``, ``alardSigGauss``,
-        ``alardGaussBeta``, ``alardMinSig``, ``alardNGaussDeconv``, ``alardDegGaussDeconv``,
-        ``alardMinSigDeconv``, ``kernelSize``, ``scaleByFwhm``, ``kernelSizeFwhmScaling``,
-        ``kernelSizeMin``, ``kernelSizeMax`` (e.g. :class:`jaxdiff.tasks.config.PsfMatchConfigAL`).
-        If it has ``kernelBasisSet``, that must be ``"alard-lupton"``.
-    target_fwhm, reference_fwhm, basis_deg_gauss, basis_sigma_gauss
-        As in :func:`alard_lupton_basis_params`.
-
-    Returns
-    -------
-    BasisParams
-
-    Raises
-    ------
-    RuntimeError
-        If ``config.kernelBasisSet`` is not ``"alard-lupton"`` (as LSST).
-    ValueError
-        See :func:`alard_lupton_basis_params`.
-    """
-    basis_set = getattr(config, "kernelBasisSet", "alard-lupton")
-    if basis_set != "alard-lupton":
-        msg = f"cannot generate a {basis_set!r} basis with the Alard-Lupton generator"
-        raise RuntimeError(msg)
-    return alard_lupton_basis_params(
-        target_fwhm=target_fwhm,
-        reference_fwhm=reference_fwhm,
-        basis_deg_gauss=basis_deg_gauss,
-        basis_sigma_gauss=basis_sigma_gauss,
-        n_gauss=config.alardNGauss,
-        deg_gauss=tuple(config.alardDegGauss),
-        sig_gauss=tuple(config.alardSigGauss),
-        gauss_beta=config.alardGaussBeta,
-        min_sig=config.alardMinSig,
-        n_gauss_deconv=config.alardNGaussDeconv,
-        deg_gauss_deconv=config.alardDegGaussDeconv,
-        min_sig_deconv=config.alardMinSigDeconv,
-        kernel_size=config.kernelSize,
-        scale_by_fwhm=config.scaleByFwhm,
-        kernel_size_fwhm_scaling=config.kernelSizeFwhmScaling,
-        kernel_size_min=config.kernelSizeMin,
-        kernel_size_max=config.kernelSizeMax,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------
 # Basis images
 # ---------------------------------------------------------------------------------------------------
@@ -380,7 +335,7 @@ def _polynomial_exponents(degree):
 
 
 def _renormalize(kernels):
-    """Renormalised kernels and the matrix ``T`` with ``out = T @ kernels`` (flattened), spec 4.2.3."""
+    """Renormalised kernels and the matrix ``T`` with ``out = T @ kernels`` (flattened)."""
     n = kernels.shape[0]
     out = np.empty_like(kernels)
     transform = np.zeros((n, n))
@@ -415,7 +370,7 @@ def _renormalize(kernels):
 
 
 def renormalize_kernel_list(kernels: Float[np.ndarray, "N Kh Kw"]) -> Float[np.ndarray, "N Kh Kw"]:
-    r"""Put all the flux in the first kernel (ip_diffim ``renormalizeKernelList``, spec 4.2.3).
+    r"""Put all the flux in the first kernel (ip_diffim ``renormalizeKernelList``).
 
     * ``B_0 = K_0 / ΣK_0`` (sum 1);
     * for ``i >= 1``, with ``s_i = ΣK_i``: ``B_i = K_i / s_i − B_0`` if ``|s_i| > FLT_EPSILON``
@@ -488,7 +443,7 @@ def _alard_lupton_raw(half_width, sigmas, degrees):
 def alard_lupton_separable(
     half_width: int, sigmas: Sequence[float], degrees: Sequence[int]
 ) -> SeparableBasis:
-    r"""The Alard-Lupton basis as separable raw kernels and a linear renormalisation matrix.
+    r"""Return the Alard-Lupton basis as separable raw kernels and a linear renormalisation matrix.
 
     Raw kernel ``r`` (Gaussian ``g``, polynomial term ``x^p y^q``) is ``np.outer(fy[r], fx[r])`` with
     ``fx[r] = G_g(u) x^p``, ``fy[r] = G_g(v) y^q``, ``G_g`` the 1-D Gaussian of sigma ``σ_g`` normalised
@@ -542,7 +497,7 @@ def alard_lupton_separable(
 def alard_lupton_basis(
     half_width: int, sigmas: Sequence[float], degrees: Sequence[int]
 ) -> Float[np.ndarray, "B K K"]:
-    r"""Alard-Lupton basis images (ip_diffim ``makeAlardLuptonBasisList``, spec 4.2.3).
+    r"""Alard-Lupton basis images (ip_diffim ``makeAlardLuptonBasisList``).
 
     For each Gaussian ``g`` (in order) and each term ``x^p y^q`` of a degree-``d_g`` polynomial in afw
     order (``1, x, y, x², xy, y², ...``), the raw kernel is
@@ -593,7 +548,7 @@ def alard_lupton_basis(
 
 
 def delta_function_basis(size: int) -> Float[np.ndarray, "B K K"]:
-    """Delta-function basis (ip_diffim ``makeDeltaFunctionBasisList``, spec 4.2.1).
+    """Delta-function basis (ip_diffim ``makeDeltaFunctionBasisList``).
 
     Parameters
     ----------
@@ -618,25 +573,35 @@ def delta_function_basis(size: int) -> Float[np.ndarray, "B K K"]:
     return np.eye(size * size).reshape(size * size, size, size)
 
 
-def make_kernel_basis_list(
-    config,
+def make_basis(
+    basis_set: str,
+    *,
+    kernel_size: int,
     target_fwhm: float | None = None,
     reference_fwhm: float | None = None,
     basis_deg_gauss: Sequence[int] | None = None,
     basis_sigma_gauss: Sequence[float] | None = None,
+    **al_options,
 ) -> tuple[Float[np.ndarray, "B K K"], BasisParams | None]:
-    """Kernel basis selected by ``config.kernelBasisSet`` (ip_diffim ``makeKernelBasisList``, spec 4.2.1).
+    """Build the kernel basis of ``basis_set`` (the logic of ip_diffim ``makeKernelBasisList``).
 
     Parameters
     ----------
-    config : PsfMatchConfig-like
-        ``kernelBasisSet`` ``"alard-lupton"`` uses :func:`alard_lupton_basis_params_from_config`;
-        ``"delta-function"`` builds ``kernelSize²`` delta kernels.
-    target_fwhm, reference_fwhm : float, optional
+    basis_set : {"alard-lupton", "delta-function"}
+        LSST ``kernelBasisSet``.
+    kernel_size : int, keyword-only
+        LSST ``kernelSize``: the delta-function kernel size, and the Alard-Lupton size unless
+        scaled by the FWHMs (see :func:`alard_lupton_basis_params`).
+    target_fwhm, reference_fwhm : float, optional, keyword-only
         PSF FWHMs (pixels) of the image to convolve (template) and of the image to match (science);
         used by the Alard-Lupton basis only.
-    basis_deg_gauss, basis_sigma_gauss : sequence, optional
+    basis_deg_gauss, basis_sigma_gauss : sequence, optional, keyword-only
         Overrides for the Alard-Lupton degrees and (config-mode) sigmas.
+    **al_options
+        The other keyword arguments of :func:`alard_lupton_basis_params` (``n_gauss``,
+        ``deg_gauss``, ``sig_gauss``, ``gauss_beta``, ``min_sig``, ``n_gauss_deconv``,
+        ``deg_gauss_deconv``, ``min_sig_deconv``, ``scale_by_fwhm``, ``kernel_size_fwhm_scaling``,
+        ``kernel_size_min``, ``kernel_size_max``); ignored for delta functions.
 
     Returns
     -------
@@ -647,16 +612,28 @@ def make_kernel_basis_list(
     Raises
     ------
     ValueError
-        For an unknown ``kernelBasisSet`` or invalid Alard-Lupton parameters.
+        For an unknown ``basis_set`` or invalid Alard-Lupton parameters.
+
+    Examples
+    --------
+    >>> basis, params = make_basis("alard-lupton", kernel_size=21)
+    >>> basis.shape, params.mode
+    ((27, 21, 21), 'config')
+    >>> make_basis("delta-function", kernel_size=5)[0].shape
+    (25, 5, 5)
     """
-    basis_set = config.kernelBasisSet
     if basis_set == "alard-lupton":
-        params = alard_lupton_basis_params_from_config(
-            config, target_fwhm, reference_fwhm, basis_deg_gauss, basis_sigma_gauss
+        params = alard_lupton_basis_params(
+            target_fwhm=target_fwhm,
+            reference_fwhm=reference_fwhm,
+            basis_deg_gauss=basis_deg_gauss,
+            basis_sigma_gauss=basis_sigma_gauss,
+            kernel_size=kernel_size,
+            **al_options,
         )
         return alard_lupton_basis(params.half_width, params.sigmas, params.degrees), params
     if basis_set == "delta-function":
-        return delta_function_basis(config.kernelSize), None
+        return delta_function_basis(kernel_size), None
     msg = f"cannot generate a {basis_set!r} basis; kernelBasisSet must be 'alard-lupton' or 'delta-function'"
     raise ValueError(msg)
 
@@ -712,8 +689,9 @@ def regularization_matrix(
     border_penalty: float = 3.0,
     fit_background: bool = False,
 ) -> Float[np.ndarray, "M M"]:
-    r"""Regularisation matrix ``H = Bᵀ B`` of a delta-function kernel (ip_diffim
-    ``makeRegularizationMatrix``, spec 4.2.4; Becker et al. 2012).
+    r"""Regularisation matrix ``H = Bᵀ B`` of a delta-function kernel (Becker et al. 2012).
+
+    ip_diffim ``makeRegularizationMatrix``.
 
     The kernel pixel ``(x, y)`` of a ``size × size`` kernel is unknown ``i = y · size + x`` (the order of
     :func:`delta_function_basis`); ``fit_background`` appends one background unknown whose row and
@@ -763,8 +741,7 @@ def regularization_matrix(
     ``float32(1/6)`` etc. and the stencil sums to ~1.8e-7 rather than 0.  The forward operators are
     tapered only at the right and top edges, also as in LSST.
 
-    Host numpy: build ``H`` once per kernel size (about 0.05 s for ``size = 35``) and cast it for the
-    jitted solve.
+    Host numpy: build ``H`` once per kernel size and cast it for the jitted solve.
 
     References
     ----------
@@ -807,36 +784,31 @@ def regularization_matrix(
     return b.T @ b
 
 
-def regularization_matrix_from_config(config, size: int, fit_background: bool) -> Float[np.ndarray, "M M"]:
-    """:func:`regularization_matrix` with the fields of a ``PsfMatchConfigDF``-like object.
+def regularization_strength(
+    normal_matrix: Float[np.ndarray, "N N"],
+    regularization: Float[np.ndarray, "N N"],
+    *,
+    lambda_type: str,
+    lambda_value: float = 0.2,
+    lambda_scaling: float = 1e-4,
+) -> float:
+    r"""Regularisation strength λ of the solve ``(M + λ H) a = b`` (LSST ``lambdaType``).
 
-    Reads ``regularizationType``, ``centralRegularizationStencil``, ``forwardRegularizationOrders`` and
-    ``regularizationBorderPenalty``.  ``size`` is the kernel size (LSST reads ``config.kernelSize``).
-    """
-    return regularization_matrix(
-        size,
-        kind=config.regularizationType,
-        stencil=config.centralRegularizationStencil,
-        orders=tuple(config.forwardRegularizationOrders),
-        border_penalty=config.regularizationBorderPenalty,
-        fit_background=fit_background,
-    )
-
-
-def regularization_lambda(config, M: Float[np.ndarray, "M M"], H: Float[np.ndarray, "M M"]) -> float:
-    r"""Regularisation strength λ of the solve ``(M + λ H) a = b`` (LSST ``lambdaType``, spec 4.2.4).
-
-    * ``"absolute"``: ``λ = config.lambdaValue``;
-    * ``"relative"``: ``λ = config.lambdaScaling · trace(M) / trace(H)``.
+    * ``"absolute"``: ``λ = lambda_value``;
+    * ``"relative"``: ``λ = lambda_scaling · trace(M) / trace(H)``.
 
     Parameters
     ----------
-    config : PsfMatchConfigDF-like
-        Provides ``lambdaType``, ``lambdaValue``, ``lambdaScaling``.
-    M : array_like, shape (n, n)
-        Normal matrix of the unregularised fit (only its trace is used).
-    H : array_like, shape (n, n)
-        Regularisation matrix (:func:`regularization_matrix`).
+    normal_matrix : array_like, shape (n, n)
+        ``M``, the normal matrix of the unregularised fit (only its trace is used).
+    regularization : array_like, shape (n, n)
+        ``H``, the regularisation matrix (:func:`regularization_matrix`).
+    lambda_type : {"absolute", "relative", "minimizeBiasedRisk", "minimizeUnbiasedRisk"}, keyword-only
+        LSST ``lambdaType``.
+    lambda_value : float, keyword-only
+        LSST ``lambdaValue`` (absolute mode).
+    lambda_scaling : float, keyword-only
+        LSST ``lambdaScaling`` (relative mode).
 
     Returns
     -------
@@ -850,16 +822,20 @@ def regularization_lambda(config, M: Float[np.ndarray, "M M"], H: Float[np.ndarr
         (the config has ``lambdaMin/Max/Step``), so these modes fail in LSST too; a scan also needs the
         right-hand side ``b``, which this function does not take.
     ValueError
-        For an unknown ``lambdaType``, non-square or mismatched matrices, or ``trace(H) == 0`` in
+        For an unknown ``lambda_type``, non-square or mismatched matrices, or ``trace(H) == 0`` in
         relative mode.
 
     References
     ----------
     Becker, A. C. et al. 2012, MNRAS 425, 1341.
+
+    Examples
+    --------
+    >>> regularization_strength(np.eye(3) * 4, np.eye(3), lambda_type="relative", lambda_scaling=0.5)
+    2.0
     """
-    lambda_type = config.lambdaType
     if lambda_type == "absolute":
-        return float(config.lambdaValue)
+        return float(lambda_value)
     if lambda_type in ("minimizeBiasedRisk", "minimizeUnbiasedRisk"):
         msg = (
             f"lambdaType={lambda_type!r} is not implemented: ip_diffim's risk scan reads "
@@ -871,15 +847,16 @@ def regularization_lambda(config, M: Float[np.ndarray, "M M"], H: Float[np.ndarr
     if lambda_type != "relative":
         msg = f"lambdaType must be one of {LAMBDA_TYPES}, got {lambda_type!r}"
         raise ValueError(msg)
-    M, H = np.asarray(M, dtype=np.float64), np.asarray(H, dtype=np.float64)
-    if M.ndim != 2 or M.shape[0] != M.shape[1] or H.shape != M.shape:
-        msg = f"M and H must be square matrices of the same shape, got {M.shape} and {H.shape}"
+    m = np.asarray(normal_matrix, dtype=np.float64)
+    h = np.asarray(regularization, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or h.shape != m.shape:
+        msg = f"M and H must be square matrices of the same shape, got {m.shape} and {h.shape}"
         raise ValueError(msg)
-    trace_h = float(np.trace(H))
+    trace_h = float(np.trace(h))
     if trace_h == 0.0:
         msg = "trace(H) is 0: relative lambda is undefined (empty regularisation?)"
         raise ValueError(msg)
-    return float(config.lambdaScaling) * float(np.trace(M)) / trace_h
+    return float(lambda_scaling) * float(np.trace(m)) / trace_h
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -894,7 +871,7 @@ def pca_kernel_basis(
     subtract_mean: bool = True,
     normalize_sums: bool = True,
 ) -> Float[np.ndarray, "B Kh Kw"]:
-    r"""Karhunen-Loève (PCA) basis from fitted kernel images (spec 4.2.4, "PCA").
+    r"""Karhunen-Loève (PCA) basis from fitted kernel images (ip_diffim ``KernelPca``).
 
     1. Each image is divided by its sum (``normalize_sums``; LSST divides every candidate kernel by its
        kernel sum and gives them equal weight); images with non-finite pixels (or a zero sum) are dropped.
@@ -986,3 +963,152 @@ def pca_kernel_basis(
         candidates.append(image / extreme if extreme != 0.0 else image)
     keep = [c for c in candidates[: min(n_components, len(eigenvalues))] if not np.any(np.isnan(c))]
     return renormalize_kernel_list(np.array(keep).reshape(len(keep), *shape))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Adapters from LSST config objects (thin, for the task shell; no logic of their own)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _al_options_from_config(config) -> dict:
+    """Keyword arguments of :func:`alard_lupton_basis_params` from ``PsfMatchConfigAL`` fields."""
+    return dict(
+        n_gauss=config.alardNGauss,
+        deg_gauss=tuple(config.alardDegGauss),
+        sig_gauss=tuple(config.alardSigGauss),
+        gauss_beta=config.alardGaussBeta,
+        min_sig=config.alardMinSig,
+        n_gauss_deconv=config.alardNGaussDeconv,
+        deg_gauss_deconv=config.alardDegGaussDeconv,
+        min_sig_deconv=config.alardMinSigDeconv,
+        scale_by_fwhm=config.scaleByFwhm,
+        kernel_size_fwhm_scaling=config.kernelSizeFwhmScaling,
+        kernel_size_min=config.kernelSizeMin,
+        kernel_size_max=config.kernelSizeMax,
+    )
+
+
+def alard_lupton_basis_params_from_config(
+    config,
+    target_fwhm: float | None = None,
+    reference_fwhm: float | None = None,
+    basis_deg_gauss: Sequence[int] | None = None,
+    basis_sigma_gauss: Sequence[float] | None = None,
+) -> BasisParams:
+    """Adapter: :func:`alard_lupton_basis_params` with the fields of a ``PsfMatchConfigAL``-like object.
+
+    Parameters
+    ----------
+    config : PsfMatchConfigAL-like
+        Any object with the LSST attribute names ``alardNGauss``, ``alardDegGauss``, ``alardSigGauss``,
+        ``alardGaussBeta``, ``alardMinSig``, ``alardNGaussDeconv``, ``alardDegGaussDeconv``,
+        ``alardMinSigDeconv``, ``kernelSize``, ``scaleByFwhm``, ``kernelSizeFwhmScaling``,
+        ``kernelSizeMin``, ``kernelSizeMax`` (e.g. :class:`jaxdiff.tasks.config.PsfMatchConfigAL`).
+        If it has ``kernelBasisSet``, that must be ``"alard-lupton"``.
+    target_fwhm, reference_fwhm, basis_deg_gauss, basis_sigma_gauss
+        As in :func:`alard_lupton_basis_params`.
+
+    Returns
+    -------
+    BasisParams
+
+    Raises
+    ------
+    RuntimeError
+        If ``config.kernelBasisSet`` is not ``"alard-lupton"`` (as LSST).
+    ValueError
+        See :func:`alard_lupton_basis_params`.
+    """
+    basis_set = getattr(config, "kernelBasisSet", "alard-lupton")
+    if basis_set != "alard-lupton":
+        msg = f"cannot generate a {basis_set!r} basis with the Alard-Lupton generator"
+        raise RuntimeError(msg)
+    return alard_lupton_basis_params(
+        target_fwhm=target_fwhm,
+        reference_fwhm=reference_fwhm,
+        basis_deg_gauss=basis_deg_gauss,
+        basis_sigma_gauss=basis_sigma_gauss,
+        kernel_size=config.kernelSize,
+        **_al_options_from_config(config),
+    )
+
+
+def make_kernel_basis_list(
+    config,
+    target_fwhm: float | None = None,
+    reference_fwhm: float | None = None,
+    basis_deg_gauss: Sequence[int] | None = None,
+    basis_sigma_gauss: Sequence[float] | None = None,
+) -> tuple[Float[np.ndarray, "B K K"], BasisParams | None]:
+    """Adapter: :func:`make_basis` with the fields of a ``PsfMatchConfig``-like object.
+
+    The signature of ip_diffim ``makeKernelBasisList``.
+
+    Parameters
+    ----------
+    config : PsfMatchConfig-like
+        ``kernelBasisSet`` and ``kernelSize``; for ``"alard-lupton"`` also the fields read by
+        :func:`alard_lupton_basis_params_from_config`.
+    target_fwhm, reference_fwhm, basis_deg_gauss, basis_sigma_gauss
+        As in :func:`make_basis`.
+
+    Returns
+    -------
+    basis : ndarray, shape (B, K, K), float64
+    params : BasisParams or None
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kernelBasisSet`` or invalid Alard-Lupton parameters.
+    """
+    basis_set = config.kernelBasisSet
+    options = _al_options_from_config(config) if basis_set == "alard-lupton" else {}
+    return make_basis(
+        basis_set,
+        kernel_size=config.kernelSize,
+        target_fwhm=target_fwhm,
+        reference_fwhm=reference_fwhm,
+        basis_deg_gauss=basis_deg_gauss,
+        basis_sigma_gauss=basis_sigma_gauss,
+        **options,
+    )
+
+
+def regularization_matrix_from_config(config, size: int, fit_background: bool) -> Float[np.ndarray, "M M"]:
+    """Adapter: :func:`regularization_matrix` with the fields of a ``PsfMatchConfigDF``-like object.
+
+    Reads ``regularizationType``, ``centralRegularizationStencil``, ``forwardRegularizationOrders`` and
+    ``regularizationBorderPenalty``.  ``size`` is the kernel size (LSST reads ``config.kernelSize``).
+    """
+    return regularization_matrix(
+        size,
+        kind=config.regularizationType,
+        stencil=config.centralRegularizationStencil,
+        orders=tuple(config.forwardRegularizationOrders),
+        border_penalty=config.regularizationBorderPenalty,
+        fit_background=fit_background,
+    )
+
+
+def regularization_lambda(config, normal_matrix, regularization) -> float:
+    """Adapter: :func:`regularization_strength` with ``lambdaType``, ``lambdaValue``, ``lambdaScaling``.
+
+    Parameters
+    ----------
+    config : PsfMatchConfigDF-like
+        Provides ``lambdaType``, ``lambdaValue``, ``lambdaScaling``.
+    normal_matrix, regularization : array_like, shape (n, n)
+        ``M`` and ``H`` as in :func:`regularization_strength`.
+
+    Returns
+    -------
+    float
+    """
+    return regularization_strength(
+        normal_matrix,
+        regularization,
+        lambda_type=config.lambdaType,
+        lambda_value=getattr(config, "lambdaValue", 0.2),
+        lambda_scaling=getattr(config, "lambdaScaling", 1e-4),
+    )

@@ -1,32 +1,38 @@
-"""Alard-Lupton kernel least squares: per-stamp normal equations, solves, residual statistics and
-the spatial model, as batched (vmapped) JAX computations.
+r"""Alard-Lupton kernel least squares, batched over stamps with ``jax.vmap``.
+
+Per-stamp normal equations, solves, residual statistics and the spatial model.
 
 Model (Alard & Lupton 1998, ApJ 503, 325, eq. 2; Alard 2000, A&AS 144, 363, eqs. 2-4):
 
 .. math::
 
-    I(x) \\approx \\sum_k a_k(x) \\, (B_k \\star T)(x) + b(x),
+    I(x) \approx \sum_k a_k(x) \, (B_k \star T)(x) + b(x),
 
 with ``T`` the image to convolve (the template), ``I`` the image matched to (the science image),
-``B_k`` basis kernels, ``\\star`` afw's *correlation* (``out(X, Y) = sum_{u,v} K(u, v) in(X+u, Y+v)``,
-spec ``research/lsst_ip_diffim.md`` section 2.3), ``a_k`` spatial polynomials and ``b`` the
-differential background. Everything here follows spec section 4.4-4.8:
+``B_k`` basis kernels, ``\star`` afw's *correlation* (``lsst.afw.math.convolve``:
+``out(X, Y) = sum_{u,v} K(u, v) in(X+u, Y+v)``), ``a_k`` spatial polynomials and ``b`` the
+differential background.  The steps follow ip_diffim's ``PsfMatchTask``:
 
-* one stamp: design matrix ``C_k = (B_k \\star T)`` over the stamp's good region (the stamp shrunk
-  by the kernel half-width), an optional column of ones for the background, weights ``1/V`` with
-  ``V`` the median of ``V_I + V_T`` (``constantVarianceWeighting``) or per pixel; normal equations
-  ``M = C^T W C``, ``b = C^T W I`` (section 4.4);
-* the solve returns a status instead of raising (singular, non-finite, ill-conditioned) that the
-  task shell turns into a typed exception or a BAD candidate;
-* residual statistics of ``D/sigma`` (section 4.5) for single-stamp and spatial kernels;
+* one stamp (ip_diffim ``KernelCandidate.build`` / ``StaticKernelSolution``): design matrix
+  ``C_k = (B_k \star T)`` over the stamp's good region (the stamp shrunk by the kernel half-width),
+  an optional column of ones for the background, weights ``1/V`` with ``V`` the median of
+  ``V_I + V_T`` (``constantVarianceWeighting``) or per pixel; normal equations ``M = C^T W C``,
+  ``b = C^T W I``;
+* the solves return a :class:`~jaxdiff.core._results.Status` instead of raising (singular,
+  non-finite, ill-conditioned), which the task shell turns into a typed exception or a BAD
+  candidate;
+* residual statistics of ``D/sigma`` (ip_diffim ``BuildSingleKernelVisitor``) for single-stamp and
+  spatial kernels;
 * the spatial system ``sum_c A_c^T M_c A_c`` with a constant first term for Alard-Lupton bases
-  (section 4.7).
+  (ip_diffim ``BuildSpatialKernelVisitor`` / ``SpatialKernelSolution``; Alard 2000).
 
 Everything is written for one stamp and ``jax.vmap``-ed; shapes are fixed (candidates padded to
-buckets with a validity mask) so that rejecting candidates never recompiles.
+buckets with a validity mask) so that rejecting candidates never recompiles.  Every matrix product
+that builds or solves the normal equations passes ``precision=PRECISION``
+(:data:`jaxdiff.core._numerics.PRECISION`).
 
 For Gaussian x polynomial bases (separable) the design matrix is computed with 1-D passes as
-matrix products (``(B_k \\star T) = F_y^T T F_x`` with Toeplitz factors), then the linear
+matrix products (``(B_k \star T) = F_y^T T F_x`` with Toeplitz factors), then the linear
 renormalisation of the basis is applied; other bases (delta functions, PCA) use stamp-sized FFTs.
 """
 
@@ -39,49 +45,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._numerics import PRECISION, safe_divide
+from ._results import Status, flag
 from .spatial import n_spatial_terms, spatial_basis
 
 __all__ = [
-    "STATUS_OK",
     "STATUS_BAD_VARIANCE",
-    "STATUS_SINGULAR",
-    "STATUS_NONFINITE",
     "STATUS_ILL_CONDITIONED",
     "STATUS_MESSAGES",
+    "STATUS_NONFINITE",
+    "STATUS_OK",
+    "STATUS_SINGULAR",
     "FitBasis",
-    "StampFit",
+    "LinearSolution",
     "ResidualStats",
     "SpatialSolution",
-    "make_fit_basis",
-    "stamp_design",
-    "solve_normal_equations",
+    "StampFit",
+    "Status",
+    "extract_stamps",
     "fit_stamp",
     "fit_stamps",
-    "stamp_difference",
+    "kernel_images_at",
+    "make_fit_basis",
+    "regularization_root",
     "residual_stats",
-    "stamp_residual_stats",
-    "spatial_system",
+    "solve_normal_equations",
     "solve_spatial",
     "solve_triangular_system",
-    "regularization_root",
+    "spatial_system",
+    "stamp_design",
+    "stamp_difference",
+    "stamp_residual_stats",
     "term_kernels",
-    "kernel_images_at",
-    "extract_stamps",
 ]
 
-#: Status codes returned by the solvers (combine with bitwise OR).
-STATUS_OK = 0
-STATUS_BAD_VARIANCE = 1
-STATUS_SINGULAR = 2
-STATUS_NONFINITE = 4
-STATUS_ILL_CONDITIONED = 8
+# Names of the former status bits, kept for the task shell (``status & STATUS_SINGULAR`` etc.).
+STATUS_OK = Status.successful
+STATUS_BAD_VARIANCE = Status.bad_variance
+STATUS_SINGULAR = Status.singular
+#: Either kind of non-finite failure (input or solution).
+STATUS_NONFINITE = Status.nonfinite_input | Status.nonfinite_solution
+STATUS_ILL_CONDITIONED = Status.ill_conditioned
 
-STATUS_MESSAGES = {
-    STATUS_BAD_VARIANCE: "variance <= 0 in the stamp (cannot inverse-variance weight)",
-    STATUS_SINGULAR: "singular normal equations (the pseudo-inverse was used)",
-    STATUS_NONFINITE: "non-finite values in the normal equations or solution",
-    STATUS_ILL_CONDITIONED: "condition number above maxConditionNumber",
-}
+#: ``{flag: message}`` for every single :class:`Status` flag (and see
+#: :func:`~jaxdiff.core._results.status_message`).
+STATUS_MESSAGES = {member: member.message for member in Status if member}
 
 
 class FitBasis(NamedTuple):
@@ -104,10 +112,12 @@ class FitBasis(NamedTuple):
 
     @property
     def n_basis(self):
+        """Number of basis kernels."""
         return self.images.shape[0]
 
     @property
     def width(self):
+        """Width (= height) of the basis kernels."""
         return self.images.shape[-1]
 
 
@@ -130,8 +140,27 @@ def make_fit_basis(images, separable=None, *, dtype=None) -> FitBasis:
     return FitBasis(jnp.asarray(images, dtype), jnp.asarray(fx, dtype), jnp.asarray(fy, dtype), jnp.asarray(tr, dtype))
 
 
+class LinearSolution(NamedTuple):
+    """Result of :func:`solve_normal_equations` and :func:`solve_triangular_system`.
+
+    Attributes
+    ----------
+    solution : (n,) the (minimum-norm) least-squares solution; 0 when the inputs were not finite.
+    condition : () condition number of the normal matrix (``inf`` when singular).
+    status : () int32 :class:`Status` flags (``singular``, ``nonfinite_input``,
+        ``nonfinite_solution``, ``ill_conditioned``).
+    inverse : (n, n) the (pseudo-)inverse of the normal matrix: the parameter covariance for
+        unit-variance weights.  Under ``jit`` it is computed only if used.
+    """
+
+    solution: jax.Array
+    condition: jax.Array
+    status: jax.Array
+    inverse: jax.Array
+
+
 class StampFit(NamedTuple):
-    """Single-stamp solution (spec section 4.4).
+    """Single-stamp solution (ip_diffim ``KernelCandidate.build`` / ``StaticKernelSolution``).
 
     Attributes
     ----------
@@ -143,7 +172,8 @@ class StampFit(NamedTuple):
     normal_vector : (n,) ``b``.
     weight_variance : () the constant variance used as weight (median of V_I + V_T) or NaN (per pixel).
     condition : () ratio of the largest to the smallest eigenvalue of the solved matrix.
-    status : () int32 status bits (``STATUS_*``).
+    status : () int32 :class:`Status` flags (``bad_variance``, ``singular``, ``nonfinite_input``,
+        ``nonfinite_solution``, ``ill_conditioned``).
     r_factor : (n, n) upper-triangular QR factor of the weighted design (``M = R^T R``).
     r_rhs : (n,) ``Q^T W^{1/2} I`` (``b = R^T r_rhs``).
     """
@@ -162,15 +192,26 @@ class StampFit(NamedTuple):
 
 
 class ResidualStats(NamedTuple):
-    """Statistics of ``z = D / sqrt(var_D)`` over usable stamp pixels (spec section 4.5)."""
+    """Statistics of ``z = D / sqrt(var_D)`` over usable stamp pixels.
+
+    As ip_diffim's ``BuildSingleKernelVisitor`` computes them for candidate rejection.
+
+    Attributes
+    ----------
+    mean : () mean of ``z`` (NaN without usable pixel).
+    rms : () unbiased standard deviation of ``z`` (NaN with fewer than two usable pixels).
+    npix : () number of usable pixels.
+    status : () int32 :class:`Status`: ``too_few_pixels`` when ``npix < 2``.
+    """
 
     mean: jax.Array
     rms: jax.Array
     npix: jax.Array
+    status: jax.Array
 
 
 class SpatialSolution(NamedTuple):
-    """Spatial kernel and background (spec section 4.7).
+    """Spatial kernel and background (ip_diffim ``SpatialKernelSolution``).
 
     Attributes
     ----------
@@ -178,10 +219,11 @@ class SpatialSolution(NamedTuple):
         with a constant first term, row 0 is ``[a_0, 0, ..., 0]``.
     background_coeffs : (n_bg_terms,) background function parameters (``[0]`` when not fitted).
     condition : () eigenvalue condition number of the spatial system.
-    status : () int32 status bits.
+    status : () int32 :class:`Status` flags (as :class:`LinearSolution`, plus ``no_valid_stamps``).
     n_used : () number of candidates in the fit.
     covariance : (nt, nt) inverse of the spatial normal matrix: the parameter covariance if the
-        weights are inverse variances and the pixels independent (a lower bound otherwise).
+        weights are inverse variances and the pixels independent (a lower bound otherwise); NaN
+        when the system is singular or not finite.
     """
 
     kernel_coeffs: jax.Array
@@ -204,7 +246,7 @@ def _toeplitz(f, size):
 
 
 def stamp_design(template, basis: FitBasis):
-    """Design matrix columns ``(B_k \\star T)`` over the good region of one stamp.
+    r"""Design matrix columns ``(B_k \star T)`` over the good region of one stamp.
 
     Parameters
     ----------
@@ -223,10 +265,9 @@ def stamp_design(template, basis: FitBasis):
     if basis.fx is not None:
         ax = _toeplitz(basis.fx, sx)  # (n_raw, sx, gx)
         ay = _toeplitz(basis.fy, sy)  # (n_raw, sy, gy)
-        hi = jax.lax.Precision.HIGHEST
-        xpass = jnp.einsum("yx,rxc->ryc", template, ax, precision=hi)
-        raw = jnp.einsum("rym,ryc->rmc", ay, xpass, precision=hi)  # (n_raw, gy, gx)
-        cols = jnp.einsum("kr,rmc->mck", basis.transform, raw, precision=hi)
+        xpass = jnp.einsum("yx,rxc->ryc", template, ax, precision=PRECISION)
+        raw = jnp.einsum("rym,ryc->rmc", ay, xpass, precision=PRECISION)  # (n_raw, gy, gx)
+        cols = jnp.einsum("kr,rmc->mck", basis.transform, raw, precision=PRECISION)
         return cols.reshape(gy * gx, basis.n_basis)
     cols = _fft_correlate_valid(template, basis.images)  # (n_basis, gy, gx)
     return cols.reshape(basis.n_basis, gy * gx).T
@@ -246,24 +287,29 @@ def _sanitize(a, v):
 
 
 def _finish_status(sol, singular, finite_in, condition, max_condition):
-    """Zero a non-finite solution and combine the status bits."""
+    """Zero a non-finite solution and combine the :class:`Status` flags."""
     finite_out = jnp.all(jnp.isfinite(sol))
-    status = jnp.where(singular, STATUS_SINGULAR, STATUS_OK)
-    status = status | jnp.where(finite_in & finite_out, 0, STATUS_NONFINITE)
+    status = (
+        flag(singular, Status.singular)
+        | flag(~finite_in, Status.nonfinite_input)
+        | flag(finite_in & ~finite_out, Status.nonfinite_solution)
+    )
     if max_condition is not None:
-        status = status | jnp.where(condition > max_condition, STATUS_ILL_CONDITIONED, 0)
-    return jnp.where(finite_out, sol, 0), status.astype(jnp.int32)
+        status = status | flag(condition > max_condition, Status.ill_conditioned)
+    return jnp.where(finite_out, sol, 0), status
 
 
-def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, return_inverse=False):
+def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None) -> LinearSolution:
     """Solve ``M a = b`` for a symmetric positive semi-definite ``M``, returning a status.
 
     Parameters
     ----------
     matrix : array, shape (n, n)
+        ``M``.
     vector : array, shape (n,)
+        ``b``.
     max_condition : float, optional
-        Flag ``STATUS_ILL_CONDITIONED`` when ``lambda_max / lambda_min`` exceeds it (LSST
+        Flag ``Status.ill_conditioned`` when ``lambda_max / lambda_min`` exceeds it (LSST
         ``checkConditionNumber`` / ``maxConditionNumber``; EIGENVALUE and SVD types coincide for a
         symmetric PSD matrix). The condition number is that of the Jacobi-scaled matrix (unit
         diagonal), i.e. independent of the units of the basis columns; LSST measures the unscaled
@@ -272,24 +318,24 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, re
         Eigenvalues below ``rcond * lambda_max`` count as zero (default ``n * eps``, Eigen's
         FullPivLU rank threshold).
 
-    return_inverse : bool, optional
-        Also return the (pseudo-)inverse of ``M`` (from the same eigen-decomposition).
-
     Returns
     -------
-    solution : array (n,)
-    condition : array ()
-    status : int32 array ()
-    inverse : array (n, n), only with ``return_inverse``
+    LinearSolution
+        ``solution``, ``condition``, ``status`` and the (pseudo-)inverse of ``M`` (from the same
+        eigen-decomposition).
 
     Notes
     -----
     The system is first scaled to a unit diagonal (Jacobi; the solution is unchanged, the
-    conditioning much better in float32). Like LSST's ``KernelSolution::solve`` an invertible
+    conditioning much better in float32). Like ip_diffim's ``KernelSolution::solve`` an invertible
     system is solved directly (LU) and a singular one with the eigen-decomposition pseudo-inverse;
-    unlike LSST, eigenvalues below ``rcond * lambda_max`` are truncated (LSST divides by any non-zero eigenvalue, which amplifies
-    rounding noise). The pseudo-inverse branch is evaluated with a stopped gradient on ``M`` so
-    that gradients stay finite (double-``where`` pattern).
+    unlike LSST, eigenvalues below ``rcond * lambda_max`` are truncated (LSST divides by any
+    non-zero eigenvalue, which amplifies rounding noise). The pseudo-inverse branch is evaluated
+    with a stopped gradient on ``M`` so that gradients stay finite (double-``where`` pattern).
+
+    **JAX.** Traceable, ``vmap``-able; ``max_condition`` and ``rcond`` are Python numbers.
+    Differentiable in ``M`` and ``b`` through the direct solve; the pseudo-inverse branch
+    differentiates through ``b`` only.
     """
     n = matrix.shape[-1]
     dtype = matrix.dtype
@@ -297,34 +343,30 @@ def solve_normal_equations(matrix, vector, *, max_condition=None, rcond=None, re
         rcond = n * jnp.finfo(dtype).eps
     m_safe, v_safe, finite_in = _sanitize(matrix, vector)
     sym = 0.5 * (m_safe + m_safe.T)
-    tiny = jnp.finfo(dtype).tiny
     # Jacobi scaling (unit diagonal) before solving: same solution, far better conditioned in float32
     diag = jnp.diagonal(sym)
-    dpos = diag > 0
-    d = jnp.where(dpos, 1.0 / jnp.sqrt(jnp.where(dpos, diag, 1.0)), 1.0)
+    d = safe_divide(1.0, jnp.sqrt(jnp.where(diag > 0, diag, 1.0)), fill=1.0, where=diag > 0)
     scaled = sym * d[:, None] * d[None, :]
     rhs = v_safe * d
     evals, evecs = jnp.linalg.eigh(jax.lax.stop_gradient(scaled))
     lmax = jnp.max(jnp.abs(evals))
     singular = ~(evals[0] > rcond * lmax)
-    condition = jnp.where(evals[0] > 0, lmax / jnp.maximum(evals[0], tiny), jnp.inf)
+    condition = jnp.where(evals[0] > 0, lmax / jnp.maximum(evals[0], jnp.finfo(dtype).tiny), jnp.inf)
     # direct solve on a well-posed copy (double where: the singular branch never feeds LU a singular matrix)
     direct_m = jnp.where(singular, jnp.eye(n, dtype=dtype), scaled)
     direct = jnp.linalg.solve(direct_m, rhs)
     keep = evals > rcond * lmax
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, evals, 1.0), 0.0)
-    pinv = evecs @ (inv * (evecs.T @ rhs))
+    inv = safe_divide(1.0, evals, where=keep)
+    pinv = jnp.matmul(evecs, inv * jnp.matmul(evecs.T, rhs, precision=PRECISION), precision=PRECISION)
     sol = jnp.where(singular, pinv, direct) * d
     sol, status = _finish_status(sol, singular, finite_in, condition, max_condition)
-    if return_inverse:
-        # reuse the decomposition: XLA:CPU may run independent LAPACK calls concurrently, which
-        # was seen to deadlock (jax 0.10.2), so no second factorisation is started here
-        inverse = (evecs * inv[None, :]) @ evecs.T * d[:, None] * d[None, :]
-        return sol, condition, status, inverse
-    return sol, condition, status
+    # the inverse reuses the decomposition: XLA:CPU may run independent LAPACK calls concurrently,
+    # which was seen to deadlock, so no second factorisation is started here
+    inverse = jnp.matmul(evecs * inv[None, :], evecs.T, precision=PRECISION) * d[:, None] * d[None, :]
+    return LinearSolution(sol, condition, status, inverse)
 
 
-def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inverse=False):
+def solve_triangular_system(r, z, *, max_condition=None, rcond=None) -> LinearSolution:
     """Least-squares solution from a QR factor: minimise ``||R a - z||`` for square upper-triangular ``R``.
 
     The QR route (``C = Q R``) keeps the condition number of the design matrix ``C`` instead of
@@ -340,58 +382,55 @@ def solve_triangular_system(r, z, *, max_condition=None, rcond=None, return_inve
     z : array (n,)
         ``Q^T y``.
     max_condition : float, optional
-        Flag ``STATUS_ILL_CONDITIONED`` when the condition number of ``M = R^T R`` (of the
+        Flag ``Status.ill_conditioned`` when the condition number of ``M = R^T R`` (of the
         column-scaled system) exceeds it.
     rcond : float, optional
         Singular values of the scaled ``R`` below ``rcond * s_max`` count as zero (default
         ``n * eps``).
-    return_inverse : bool, optional
-        Also return ``(R^T R)^{-1}`` (the parameter covariance for unit-variance weights).
 
     Returns
     -------
-    solution, condition, status[, inverse]
-        ``condition`` is that of ``M = R^T R`` (the square of R's), as LSST reports it.
+    LinearSolution
+        ``condition`` is that of ``M = R^T R`` (the square of R's), as LSST reports it;
+        ``inverse`` is ``(R^T R)^{-1}`` (the parameter covariance for unit-variance weights), with a
+        stopped gradient.
     """
     n = r.shape[-1]
     dtype = r.dtype
     if rcond is None:
         rcond = n * jnp.finfo(dtype).eps
     r, z, finite_in = _sanitize(r, z)
-    norms = jnp.sqrt(jnp.sum(r * r, axis=0))
-    dpos = norms > 0
-    d = jnp.where(dpos, 1.0 / jnp.where(dpos, norms, 1.0), 1.0)
+    sumsq = jnp.sum(r * r, axis=0)
+    dpos = sumsq > 0
+    d = safe_divide(1.0, jnp.sqrt(jnp.where(dpos, sumsq, 1.0)), fill=1.0, where=dpos)
     rs = r * d[None, :]
     u, sv, vt = jnp.linalg.svd(jax.lax.stop_gradient(rs), full_matrices=False)
     smax = sv[0]
     smin = sv[-1]
     singular = ~(smin > rcond * smax)
-    tiny = jnp.finfo(dtype).tiny
-    ratio = smax / jnp.maximum(smin, tiny)
+    ratio = smax / jnp.maximum(smin, jnp.finfo(dtype).tiny)
     condition = jnp.where(smin > 0, ratio * ratio, jnp.inf)
     safe_r = jnp.where(singular, jnp.eye(n, dtype=dtype), rs)
     direct = jax.scipy.linalg.solve_triangular(safe_r, z, lower=False)
     keep = sv > rcond * smax
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, sv, 1.0), 0.0)
-    pinv = vt.T @ (inv * (u.T @ z))
+    inv = safe_divide(1.0, sv, where=keep)
+    pinv = jnp.matmul(vt.T, inv * jnp.matmul(u.T, z, precision=PRECISION), precision=PRECISION)
     sol = jnp.where(singular, pinv, direct) * d
     sol, status = _finish_status(sol, singular, finite_in, condition, max_condition)
-    if return_inverse:
-        vi = jax.lax.stop_gradient(vt.T * inv[None, :])
-        inverse = (vi @ vi.T) * d[:, None] * d[None, :]
-        return sol, condition, status, inverse
-    return sol, condition, status
+    vi = jax.lax.stop_gradient(vt.T * inv[None, :])
+    inverse = jnp.matmul(vi, vi.T, precision=PRECISION) * d[:, None] * d[None, :]
+    return LinearSolution(sol, condition, status, inverse)
 
 
 def _householder_r(a):
     """``R`` of a QR factorisation by Householder reflections written in JAX (square ``(k, k)``).
 
-    Written in XLA ops, no LAPACK: it vectorises across a ``vmap`` batch of small stamp systems and
-    is also far faster than OpenBLAS geqrf on the tall spatial system here (0.03 s against 2.2 s
-    for 7168 x 162 in float32 on 2 cores); starting no LAPACK call also avoids concurrent LAPACK
-    calls (see :func:`solve_normal_equations`).
+    Written in XLA ops, no LAPACK: it vectorises across a ``vmap`` batch of small stamp systems, is
+    much faster than a LAPACK ``geqrf`` call on the tall, narrow spatial system on CPU, and starts no
+    LAPACK call that could run concurrently with another (see :func:`solve_normal_equations`).
     Backward stable like geqrf; the signs of R's rows may differ from LAPACK's (irrelevant for
-    ``R^T R`` and for least squares).
+    ``R^T R`` and for least squares).  The norms use guarded square roots so that gradients stay
+    finite for zero columns (e.g. the zero rows of invalid candidates).
     """
     m, k = a.shape
     if m < k:
@@ -402,13 +441,14 @@ def _householder_r(a):
     def step(j, a):
         col = a[:, j]
         x = jnp.where(rows >= j, col, 0)
-        normx = jnp.sqrt(jnp.sum(x * x))
+        sq = jnp.sum(x * x)
+        normx = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0).astype(a.dtype)
         xj = col[j]
         alpha = -jnp.where(xj >= 0, 1.0, -1.0).astype(a.dtype) * normx
         v = x.at[j].add(-alpha)
         vn2 = jnp.sum(v * v)
-        beta = jnp.where(vn2 > 0, 2.0 / jnp.where(vn2 > 0, vn2, 1.0), 0.0)
-        w = jnp.matmul(v, a, precision=jax.lax.Precision.HIGHEST)
+        beta = safe_divide(2.0, vn2, where=vn2 > 0)
+        w = jnp.matmul(v, a, precision=PRECISION)
         return a - beta * v[:, None] * w[None, :]
 
     a = jax.lax.fori_loop(0, k, step, a)
@@ -432,7 +472,7 @@ def _tsqr_r(a, chunk_rows=2048):
 def fit_stamp(template, science, template_variance, science_variance, basis: FitBasis, regularization=None,
               reg_lambda=0.0, *, fit_background=False, constant_variance=True, max_condition=None,
               reg_relative=False):
-    """Solve the kernel (and background) of one stamp (spec section 4.4).
+    """Solve the kernel (and background) of one stamp (ip_diffim ``KernelCandidate.build``).
 
     Parameters
     ----------
@@ -441,10 +481,11 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
     template_variance, science_variance : array, shape (S, S2)
         Their variance planes.
     basis : FitBasis
+        The kernel basis (:func:`make_fit_basis`).
     regularization : array, shape (k, n), optional
-        A root ``L`` of the regularisation matrix ``H = L^T L`` (delta-function bases, spec
-        4.2.4; :func:`regularization_root`): the fit minimises ``chi^2 + lambda a^T H a``, i.e.
-        solves ``(M + lambda H) a = b``.
+        A root ``L`` of the regularisation matrix ``H = L^T L`` (delta-function bases, ip_diffim
+        ``makeRegularizationMatrix``; :func:`regularization_root`): the fit minimises
+        ``chi^2 + lambda a^T H a``, i.e. solves ``(M + lambda H) a = b``.
     reg_lambda : float, optional
         ``lambda`` (LSST ``lambdaValue`` for ``lambdaType="absolute"``, ``lambdaScaling`` for
         ``"relative"``: ``lambda = reg_lambda * trace(M) / trace(H)``).
@@ -460,6 +501,14 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
     Returns
     -------
     StampFit
+        Its ``status`` carries ``Status.bad_variance`` (non-positive or non-finite weight variance)
+        and the flags of :func:`solve_triangular_system`.
+
+    Notes
+    -----
+    **JAX.** Written for one stamp (``jax.vmap`` it, or use :func:`fit_stamps`).  ``basis`` shapes,
+    ``fit_background``, ``constant_variance``, ``max_condition`` and ``reg_relative`` are static;
+    the stamps, ``regularization`` and ``reg_lambda`` are traced.  Differentiable in the stamps.
     """
     hw = basis.width // 2
     dtype = template.dtype
@@ -479,15 +528,14 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
         w = 1.0 / jnp.where(vgood > 0, vgood, 1.0)
         weight_variance = jnp.asarray(jnp.nan, dtype)
     target = _good(science, hw).reshape(-1)
-    hi = jax.lax.Precision.HIGHEST
     sw = jnp.sqrt(w)
     # QR of the weighted design with the target appended: R[:n, :n] is the factor, R[:n, n] = Q^T y
     aug = jnp.concatenate([cols * sw[:, None], (target * sw)[:, None]], axis=1)
     n = cols.shape[1]
     r_full = _householder_r(aug)
     r, z = r_full[:n, :n], r_full[:n, n]
-    m = jnp.matmul(r.T, r, precision=hi)
-    b = jnp.matmul(r.T, z, precision=hi)
+    m = jnp.matmul(r.T, r, precision=PRECISION)
+    b = jnp.matmul(r.T, z, precision=PRECISION)
     if regularization is None:
         r_solve, z_solve = r, z
     else:
@@ -501,13 +549,14 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
         ], axis=0)
         r2 = _householder_r(stacked)
         r_solve, z_solve = r2[:n, :n], r2[:n, n]
-    sol, cond, status = solve_triangular_system(r_solve, z_solve, max_condition=max_condition)
-    status = status | jnp.where(bad_var, STATUS_BAD_VARIANCE, 0).astype(jnp.int32)
+    solved = solve_triangular_system(r_solve, z_solve, max_condition=max_condition)
+    sol = solved.solution
+    status = solved.status | flag(bad_var, Status.bad_variance)
     nb = basis.n_basis
     coeffs = sol[:nb]
     bg = sol[nb] if fit_background else jnp.zeros((), dtype)
-    kernel = jnp.tensordot(coeffs, basis.images, axes=1)
-    return StampFit(coeffs, bg, jnp.sum(kernel), kernel, m, b, weight_variance, cond, status, r, z)
+    kernel = jnp.tensordot(coeffs, basis.images, axes=1, precision=PRECISION)
+    return StampFit(coeffs, bg, jnp.sum(kernel), kernel, m, b, weight_variance, solved.condition, status, r, z)
 
 
 @functools.partial(
@@ -517,10 +566,11 @@ def fit_stamp(template, science, template_variance, science_variance, basis: Fit
 def fit_stamps(templates, sciences, template_variances, science_variances, basis: FitBasis, regularization=None,
                reg_lambda=0.0, *, fit_background=False, constant_variance=True, max_condition=None,
                reg_relative=False, batch_size=None):
-    """:func:`fit_stamp` for a batch of stamps (leading axis), one vmapped computation.
+    """Apply :func:`fit_stamp` to a batch of stamps (leading axis), one vmapped computation.
 
     ``batch_size`` (static) processes the stamps in vmapped chunks with ``lax.map`` to bound the
-    memory of the intermediate design matrices (``None``: all at once).
+    memory of the intermediate design matrices (``None``: all at once).  Returns a
+    :class:`StampFit` whose fields have a leading stamp axis.
     """
     fn = functools.partial(
         fit_stamp, basis=basis, regularization=regularization, reg_lambda=reg_lambda,
@@ -551,7 +601,7 @@ def _fft_correlate_valid(image, kernels):
 
 
 def stamp_difference(template, science, template_variance, science_variance, kernel, background):
-    """Good-region difference ``D = I - K \\star T - bg`` and its variance ``V_I + K^2 \\star V_T``.
+    r"""Good-region difference ``D = I - K \star T - bg`` and its variance ``V_I + K^2 \star V_T``.
 
     Stamp-sized FFTs (no convolution primitive: a ``vmap`` over stamps with per-stamp kernels
     stays a batch of small FFTs).
@@ -563,10 +613,14 @@ def stamp_difference(template, science, template_variance, science_variance, ker
 
 
 def residual_stats(diff, var, usable, *, core_radius=None):
-    """Mean and unbiased rms of ``z = D / sqrt(var)`` over usable pixels (spec section 4.5).
+    """Mean and unbiased rms of ``z = D / sqrt(var)`` over usable pixels.
+
+    The residual statistics of ip_diffim's ``BuildSingleKernelVisitor``.
 
     ``usable`` pixels must also have a finite, positive ``1/var``; ``core_radius`` restricts the
-    statistics to the central ``(2r + 1)^2`` box. With no usable pixel mean and rms are NaN.
+    statistics to the central ``(2r + 1)^2`` box. With no usable pixel the mean is NaN, with fewer
+    than two the rms is NaN, and ``status`` is ``Status.too_few_pixels``.  Values and gradients are
+    finite at masked and zero-variance pixels (double ``where``).
     """
     if core_radius is not None:
         h, w = diff.shape
@@ -574,16 +628,16 @@ def residual_stats(diff, var, usable, *, core_radius=None):
         rows = jnp.arange(h)[:, None]
         cols = jnp.arange(w)[None, :]
         usable = usable & (jnp.abs(rows - h // 2) <= r) & (jnp.abs(cols - w // 2) <= r)
-    ivar = 1.0 / jnp.where(var > 0, var, 1.0)
     ok = usable & (var > 0) & jnp.isfinite(var) & jnp.isfinite(diff)
-    z = jnp.where(ok, diff * jnp.sqrt(ivar), 0)
+    ivar = safe_divide(1.0, var, fill=1.0, where=ok)
+    z = jnp.where(ok, jnp.where(ok, diff, 0) * jnp.sqrt(ivar), 0)
     n = jnp.sum(ok)
     nf = n.astype(diff.dtype)
     mean = jnp.sum(z) / jnp.maximum(nf, 1)
     var_z = (jnp.sum(z * z) / jnp.maximum(nf, 1) - mean * mean) * nf / jnp.maximum(nf - 1, 1)
     mean = jnp.where(n > 0, mean, jnp.nan)
     rms = jnp.where(n > 1, jnp.sqrt(jnp.maximum(var_z, 0)), jnp.nan)
-    return ResidualStats(mean, rms, n)
+    return ResidualStats(mean, rms, n, flag(n < 2, Status.too_few_pixels))
 
 
 @functools.partial(jax.jit, static_argnames=("core_radius", "batch_size"))
@@ -610,7 +664,7 @@ def stamp_residual_stats(templates, sciences, template_variances, science_varian
 # ------------------------------------------------------------------------------------------
 # Spatial model
 def _spatial_layout(n_basis, n_kt, n_bt, fit_background, constant_first_term):
-    """Static (row, col, source) triplets of the map A from the spatial unknowns to one stamp's unknowns.
+    """Return static (row, col, source) triplets of the map A from the spatial unknowns to one stamp's unknowns.
 
     Source index into ``[1, p_1..p_nkt, q_1..q_nbt]``.
     """
@@ -643,7 +697,10 @@ def _spatial_layout(n_basis, n_kt, n_bt, fit_background, constant_first_term):
 )
 def spatial_system(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_order, fit_background,
                    constant_first_term, model, xy_range):
-    """Accumulate ``sum_c A_c^T M_c A_c`` and ``sum_c A_c^T b_c`` over valid candidates (spec 4.7).
+    """Accumulate ``sum_c A_c^T M_c A_c`` and ``sum_c A_c^T b_c`` over valid candidates.
+
+    The spatial normal equations of ip_diffim's ``SpatialKernelSolution`` (Alard 2000, eqs. 2-4),
+    ``A_c`` mapping the spatial unknowns to candidate ``c``'s basis coefficients.
 
     Parameters
     ----------
@@ -672,11 +729,10 @@ def spatial_system(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_
     pf = jnp.concatenate(parts, axis=1).astype(matrices.dtype)  # (N, L): [1, p, q]
     mm = jnp.where(valid[:, None, None], matrices, 0)
     vv = jnp.where(valid[:, None], vectors, 0)
-    hi = jax.lax.Precision.HIGHEST
     # M_sp[u, v] = sum_c M_c[r_u, r_v] pf_c[s_u] pf_c[s_v]  (A_c^T M_c A_c without forming A_c)
-    big = jnp.einsum("cij,ca,cb->iajb", mm, pf, pf, precision=hi)
+    big = jnp.einsum("cij,ca,cb->iajb", mm, pf, pf, precision=PRECISION)
     msp = big[r[:, None], s[:, None], r[None, :], s[None, :]]
-    bsp = jnp.einsum("ci,ca->ia", vv, pf, precision=hi)[r, s]
+    bsp = jnp.einsum("ci,ca->ia", vv, pf, precision=PRECISION)[r, s]
     return msp, bsp
 
 
@@ -687,7 +743,9 @@ def spatial_system(matrices, vectors, x, y, valid, *, n_basis, kernel_order, bg_
 )
 def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order, fit_background,
                   constant_first_term, model, xy_range, max_condition=None):
-    """Spatial kernel and background solution from single-stamp QR factors (spec 4.7).
+    """Spatial kernel and background solution from single-stamp QR factors.
+
+    The solution of ip_diffim's ``SpatialKernelSolution``.
 
     Solves ``min sum_c ||R_c A_c theta - z_c||^2`` (the same normal equations as
     :func:`spatial_system`, ``sum_c A_c^T M_c A_c`` with ``M_c = R_c^T R_c``) by one QR
@@ -706,6 +764,13 @@ def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order,
     Returns
     -------
     SpatialSolution
+        ``status``: the flags of :func:`solve_triangular_system`, plus ``Status.no_valid_stamps``
+        when no candidate is valid (the system is then also singular).
+
+    Notes
+    -----
+    **JAX.** jit-compiled; the layout arguments and ``max_condition`` are static, the candidate
+    arrays traced (pad them to a few bucket sizes with ``valid=False`` to avoid recompiles).
     """
     n_kt = n_spatial_terms(kernel_order)
     n_bt = n_spatial_terms(bg_order) if fit_background else 0
@@ -720,13 +785,13 @@ def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order,
     pf = jnp.concatenate(parts, axis=1).astype(dtype)
     sel = np.zeros((factors.shape[-1], nt), np.float32)
     sel[r_idx, np.arange(nt)] = 1.0
-    ra = jnp.matmul(factors, jnp.asarray(sel, dtype), precision=jax.lax.Precision.HIGHEST)
+    ra = jnp.matmul(factors, jnp.asarray(sel, dtype), precision=PRECISION)
     ra = ra * pf[:, s_idx][:, None, :]  # (N, n, nt): R_c A_c
     block = jnp.concatenate([ra, rhs[:, :, None]], axis=2)
     block = jnp.where(valid[:, None, None], block, 0)
     rr = _tsqr_r(block.reshape(-1, nt + 1))
-    sol, cond, status, inverse = solve_triangular_system(rr[:nt, :nt], rr[:nt, nt], max_condition=max_condition,
-                                                         return_inverse=True)
+    solved = solve_triangular_system(rr[:nt, :nt], rr[:nt, nt], max_condition=max_condition)
+    sol = solved.solution
     if constant_first_term:
         first = jnp.zeros((1, n_kt), dtype).at[0, 0].set(sol[0])
         rest = sol[1 : 1 + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
@@ -737,13 +802,14 @@ def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order,
         off = n_basis * n_kt
     bcoeffs = sol[off:] if fit_background else jnp.zeros((1,), dtype)
     n_used = jnp.sum(valid)
-    status = status | jnp.where(n_used > 0, 0, STATUS_SINGULAR).astype(jnp.int32)
-    cov = jnp.where((status & (STATUS_SINGULAR | STATUS_NONFINITE)) == 0, inverse, jnp.nan)
-    return SpatialSolution(kcoeffs, bcoeffs, cond, status, n_used, cov)
+    status = solved.status | flag(n_used == 0, Status.no_valid_stamps) | flag(n_used == 0, Status.singular)
+    unusable = Status.singular | Status.nonfinite_input | Status.nonfinite_solution | Status.no_valid_stamps
+    cov = jnp.where((status & int(unusable)) == 0, solved.inverse, jnp.nan)
+    return SpatialSolution(kcoeffs, bcoeffs, solved.condition, status, n_used, cov)
 
 
 def regularization_root(h):
-    """A root ``L`` with ``L^T L = H`` of a symmetric PSD regularisation matrix (host, float64)."""
+    """Return a root ``L`` with ``L^T L = H`` of a symmetric PSD regularisation matrix (host, float64)."""
     h = np.asarray(h, np.float64)
     evals, evecs = np.linalg.eigh(0.5 * (h + h.T))
     keep = evals > evals.max() * h.shape[0] * np.finfo(np.float64).eps
@@ -752,14 +818,13 @@ def regularization_root(h):
 
 def term_kernels(basis_images, kernel_coeffs):
     """Kernel of each spatial term: ``K_s = sum_k kernel_coeffs[k, s] B_k``, shape (n_terms, w, w)."""
-    return jnp.einsum("ks,kji->sji", kernel_coeffs, basis_images, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("ks,kji->sji", kernel_coeffs, basis_images, precision=PRECISION)
 
 
 def kernel_images_at(basis_images, kernel_coeffs, x, y, *, order, model, xy_range=None):
     """Kernel images of a spatial solution at positions ``(x, y)`` (any shape), shape ``x.shape + (w, w)``."""
     phi = spatial_basis(x, y, order, model=model, xy_range=xy_range)
-    return jnp.einsum("...s,sji->...ji", phi, term_kernels(basis_images, kernel_coeffs),
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("...s,sji->...ji", phi, term_kernels(basis_images, kernel_coeffs), precision=PRECISION)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fit the flux ratio beta = F_n / F_r and a sub-pixel shift between two images (ZOGY sec. 3.3/5.2).
+"""Fit the flux ratio beta = F_n / F_r and a sub-pixel shift (Zackay, Ofek & Gal-Yam 2016, secs. 3.3, 5.2).
 
 For users without photometric calibrations: cross-convolve the images so that they share one PSF,
 ``N' = N * P_r`` and ``R' = R * P_n`` (Zackay, Ofek & Gal-Yam 2016, sec. 3.3: then
@@ -19,12 +19,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ._numerics import PRECISION
+from ._results import Status, flag
 from .fft import fast_fft_shape, psf_to_otf
 from .stats import masked_median
 
 __all__ = ["FluxShiftFit", "fit_flux_ratio_shift", "fourier_shift"]
-
-_HI = jax.lax.Precision.HIGHEST
 
 
 class FluxShiftFit(NamedTuple):
@@ -33,7 +33,9 @@ class FluxShiftFit(NamedTuple):
     ``flux_ratio`` is beta = F_n / F_r; ``shift`` = (s_x, s_y) in pixels is where the science
     image's sources sit relative to the template's (x = columns); ``*_err`` are 1-sigma errors
     from the least-squares covariance scaled by the residual variance; ``n_used`` counts the
-    pixels in the last iteration (0 means the fit had no usable pixels: the values are then NaN).
+    pixels in the last iteration.  ``status`` (int32 :class:`~jaxdiff.core._results.Status`) is
+    ``too_few_pixels`` when no pixel passed the selection (the values are then NaN) and
+    ``nonfinite_solution`` when the fitted values are not finite.
     """
 
     flux_ratio: jax.Array
@@ -42,6 +44,7 @@ class FluxShiftFit(NamedTuple):
     flux_ratio_err: jax.Array
     shift_err: jax.Array
     n_used: jax.Array
+    status: jax.Array
 
 
 def _freqs(fft_shape, dtype):
@@ -93,10 +96,14 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
     Returns
     -------
     FluxShiftFit
+        Failures are reported in its ``status`` (no pixel selected, non-finite fit), not raised.
 
     Notes
     -----
-    JAX: jit-compiled; static ``n_iter``, ``fit_shift``, ``snr_min``; differentiable almost
+    Every matrix product of the normal equations and of the solve uses ``precision=PRECISION``
+    (:data:`jaxdiff.core._numerics.PRECISION`).
+
+    **JAX.** jit-compiled; static ``n_iter``, ``fit_shift``, ``snr_min``; differentiable almost
     everywhere (the pixel selection is a discrete mask).
     """
     new_image = jnp.asarray(new_image)
@@ -139,13 +146,13 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
             cols += [dx, dy]
         x = jnp.stack([jnp.where(sel, c, 0).ravel() for c in cols], axis=1)
         y = jnp.where(sel, n_cc, 0).ravel()
-        a = jnp.matmul(x.T, x, precision=_HI)
-        b = jnp.matmul(x.T, y, precision=_HI)
+        a = jnp.matmul(x.T, x, precision=PRECISION)
+        b = jnp.matmul(x.T, y, precision=PRECISION)
         n = jnp.sum(sel, dtype=jnp.int32)
         a = a + jnp.eye(a.shape[0], dtype=dtype) * (n == 0)  # keep the solve finite with no pixels
         a_inv = jnp.linalg.inv(a)  # one factorisation (no concurrent LAPACK calls)
-        coef = a_inv @ b
-        resid = y - jnp.matmul(x, coef, precision=_HI)
+        coef = jnp.matmul(a_inv, b, precision=PRECISION)
+        resid = y - jnp.matmul(x, coef, precision=PRECISION)
         dof = jnp.maximum(n - coef.shape[0], 1).astype(dtype)
         cov = a_inv * (jnp.sum(resid**2) / dof)
         beta = coef[0]
@@ -164,8 +171,10 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
     # the last step's increment was already applied: its errors describe the final shift
     bad = n == 0
     nan = jnp.asarray(jnp.nan, dtype)
+    finite = jnp.isfinite(beta) & jnp.all(jnp.isfinite(shift)) & jnp.isfinite(gamma)
+    status = flag(bad, Status.too_few_pixels) | flag(~bad & ~finite, Status.nonfinite_solution)
     return FluxShiftFit(
         flux_ratio=jnp.where(bad, nan, beta), shift=jnp.where(bad, nan, shift),
         background=jnp.where(bad, nan, gamma), flux_ratio_err=jnp.where(bad, nan, beta_err),
-        shift_err=jnp.where(bad, nan, shift_err), n_used=n,
+        shift_err=jnp.where(bad, nan, shift_err), n_used=n, status=status,
     )
