@@ -330,7 +330,13 @@ def test_output_variances_tell_the_truth_simulated(understated_pair):
         res.scoreNormalizationFactor**2 * _arr(unnorm.scoreExposure.variance.array)[ok],
         rtol=1e-5,
     )
-    np.testing.assert_array_equal(_arr(res.scoreExposure.image.array), _arr(unnorm.scoreExposure.image.array))
+    # the S image itself is not rescaled (only its variance is); the two runs compile different
+    # programs, so they agree to rounding, not bit for bit
+    eps = np.finfo(_arr(res.scoreExposure.image.array).dtype).eps
+    scale = np.abs(_arr(unnorm.scoreExposure.image.array)).max()
+    np.testing.assert_allclose(
+        _arr(res.scoreExposure.image.array), _arr(unnorm.scoreExposure.image.array), rtol=64 * eps, atol=64 * eps * scale
+    )
 
 
 @pytest.fixture(scope="module")
