@@ -76,3 +76,44 @@ def getkey():
         return sub
 
     return _next
+
+
+class CompileCounter:
+    """Counts JAX traces and XLA compilations while active (public ``jax.monitoring`` events).
+
+    Use as ``with CompileCounter() as c: ...; assert c.compiles == 0``.  The listener sees every
+    jitted function (the library's own ``jax.jit`` wrappers included), so a second call with new data
+    of the same shapes and dtypes must report no new traces or compilations.  Eager operations
+    compile too: build the inputs before entering.
+    """
+
+    TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+    COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.traces = 0
+        self.compiles = 0
+
+    def _listener(self, event, duration_secs, **kwargs):
+        if event == self.TRACE_EVENT:
+            self.traces += 1
+        elif event == self.COMPILE_EVENT:
+            self.compiles += 1
+
+    def __enter__(self):
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        import jax.monitoring
+
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+        return False
+
+
+@pytest.fixture
+def compile_counter():
+    """A fresh :class:`CompileCounter` (enter it with ``with``)."""
+    return CompileCounter()

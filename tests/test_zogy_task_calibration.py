@@ -332,7 +332,7 @@ def test_output_variances_tell_the_truth_simulated(understated_pair):
     )
     # the S image itself is not rescaled (only its variance is); the two runs compile different
     # programs, so they agree to rounding, not bit for bit
-    eps = np.finfo(_arr(res.scoreExposure.image.array).dtype).eps
+    eps = np.finfo(np.asarray(res.scoreExposure.image.array).dtype).eps  # the computation's dtype
     scale = np.abs(_arr(unnorm.scoreExposure.image.array)).max()
     np.testing.assert_allclose(
         _arr(res.scoreExposure.image.array), _arr(unnorm.scoreExposure.image.array), rtol=64 * eps, atol=64 * eps * scale

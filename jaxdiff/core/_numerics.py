@@ -7,7 +7,8 @@
   itself only ever sees safe operands, so the values *and* the gradients stay finite where the
   denominator vanishes.  A single ``where`` after the division is not enough, because the
   gradient of the branch that is not selected is still evaluated (``0 * inf = nan``).
-* :func:`float_dtype` and :func:`complex_dtype` resolve the dtype of a computation.
+* :func:`float_dtype` and :func:`complex_dtype` resolve the dtype of a computation;
+  :func:`result_float_dtype` is the permissive variant (any floating dtype is kept).
 
 This module imports nothing else of jaxdiff.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "PRECISION",
     "complex_dtype",
     "float_dtype",
+    "result_float_dtype",
     "safe_divide",
     "safe_rsqrt",
     "tiny",
@@ -166,6 +168,31 @@ def float_dtype(*arrays) -> np.dtype:
         msg = f"jaxdiff computes in float32 or float64, got inputs of dtype {dtype}; convert them with .astype"
         raise ValueError(msg)
     return dtype
+
+
+def result_float_dtype(*arrays) -> np.dtype:
+    """Return the promoted dtype of ``arrays`` if it is floating, else JAX's default float.
+
+    Unlike :func:`float_dtype` nothing is rejected: float16 and bfloat16 are kept, and integer,
+    boolean *and complex* inputs give the default float (float64 with x64 enabled, float32
+    otherwise).  Callers that only support float32 and float64 check the result themselves.
+
+    Parameters
+    ----------
+    *arrays : array_like or dtype
+        Inputs of the computation (at least one).
+
+    Returns
+    -------
+    numpy.dtype
+
+    Examples
+    --------
+    >>> result_float_dtype(np.ones(3, np.float16)), result_float_dtype(np.ones(3, np.int32)) == jnp.result_type(float)
+    (dtype('float16'), True)
+    """
+    dtype = jnp.result_type(*arrays)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
 
 
 def complex_dtype(dtype) -> np.dtype:

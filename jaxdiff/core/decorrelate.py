@@ -31,7 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._numerics import PRECISION, float_dtype, safe_divide, safe_rsqrt, tiny
+from ._checks import (
+    check_2d,
+    check_choice,
+    check_fft_shape,
+    check_odd_stamp,
+    check_scalar_or_shape,
+    check_shape,
+    working_dtype,
+)
+from ._numerics import PRECISION, safe_divide, safe_rsqrt, tiny
 from .fft import crop_center_origin, fast_fft_shape, half_spectrum_weights, psf_to_otf, stamp_idft_matrices
 from .stats import clipped_stats
 
@@ -90,21 +99,13 @@ class DecorrelationResult(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
-def _check_kernel(name, k, max_shape=None):
-    if k.ndim != 2 or any(n % 2 == 0 for n in k.shape):
-        msg = f"{name} must be a 2-D odd-sized stamp, got shape {k.shape}"
-        raise ValueError(msg)
-    if max_shape is not None and any(n > m for n, m in zip(k.shape, max_shape, strict=True)):
-        msg = f"{name} of shape {k.shape} is larger than {tuple(max_shape)}"
-        raise ValueError(msg)
-
-
-def _check_fft_shape(fft_shape, min_shape):
-    fft_shape = tuple(int(s) for s in fft_shape)
-    if len(fft_shape) != 2 or any(f < n for f, n in zip(fft_shape, min_shape, strict=True)):
-        msg = f"fft_shape must be two ints >= {tuple(min_shape)}, got {fft_shape}"
-        raise ValueError(msg)
-    return fft_shape
+def _bool_mask(mask, shape):
+    """``mask`` as a bool array of the image ``shape`` (None stays None)."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask, bool)
+    check_shape(mask, "mask", shape)
+    return mask
 
 
 def _check_levels(svar, tvar, fft_shape):
@@ -230,12 +231,12 @@ def decorrelation_kernel_ft(
     >>> phi.shape, bool(jnp.allclose(phi, 1.0))
     ((8, 5), True)
     """
-    dtype = float_dtype(matching_kernel)
+    dtype = working_dtype(matching_kernel, "matching_kernel")
     kernel, svar, tvar = (
         jnp.asarray(a, dtype) for a in (matching_kernel, science_variance, template_variance)
     )
-    _check_kernel("matching_kernel", kernel)
-    fft_shape = _check_fft_shape(fft_shape, kernel.shape)
+    check_odd_stamp(kernel, "matching_kernel")
+    fft_shape = check_fft_shape(fft_shape, kernel.shape)
     _check_levels(svar, tvar, fft_shape)
     return _kernel_ft_jit(kernel, svar, tvar, fft_shape=fft_shape)
 
@@ -302,11 +303,11 @@ def decorrelation_kernel(
     >>> phi.shape, round(float(phi[3, 3]), 6), round(float(jnp.abs(phi).sum()), 6)
     ((7, 7), 1.0, 1.0)
     """
-    dtype = float_dtype(matching_kernel)
+    dtype = working_dtype(matching_kernel, "matching_kernel")
     kernel, svar, tvar = (
         jnp.asarray(a, dtype) for a in (matching_kernel, science_variance, template_variance)
     )
-    _check_kernel("matching_kernel", kernel)
+    check_odd_stamp(kernel, "matching_kernel")
     if (svar.ndim or tvar.ndim) and fft_shape is None:
         msg = "noise power spectra need the fft_shape of their grid"
         raise ValueError(msg)
@@ -318,7 +319,7 @@ def decorrelation_kernel(
         raise ValueError(msg)
     if fft_shape is None:
         fft_shape = fast_fft_shape([4 * max(s, k) for s, k in zip(size, kernel.shape, strict=True)])
-    fft_shape = _check_fft_shape(fft_shape, [max(s, k) for s, k in zip(size, kernel.shape, strict=True)])
+    fft_shape = check_fft_shape(fft_shape, [max(s, k) for s, k in zip(size, kernel.shape, strict=True)])
     _check_levels(svar, tvar, fft_shape)
     return _kernel_jit(kernel, svar, tvar, size=size, fft_shape=fft_shape)
 
@@ -550,40 +551,28 @@ def decorrelate(
     >>> bool(jnp.allclose(res.image, d, atol=1e-5)), float(res.variance[0, 0])
     (True, 2.0)
     """
-    dtype = float_dtype(difference)
+    dtype = working_dtype(difference, "difference")
     as_arr = functools.partial(jnp.asarray, dtype=dtype)
     difference, variance, kernel, svar, tvar = map(
         as_arr, (difference, variance, matching_kernel, science_variance, template_variance)
     )
     shape = difference.shape
-    if difference.ndim != 2:
-        msg = f"difference must be 2-D, got shape {shape}"
-        raise ValueError(msg)
+    check_2d(difference, "difference")
     for name, v in (("variance", variance), ("science_variance", svar), ("template_variance", tvar)):
-        if v.shape not in ((), shape):
-            msg = f"{name} must be a scalar or have the image shape {shape}, got {v.shape}"
-            raise ValueError(msg)
+        check_scalar_or_shape(v, name, shape)
     variance = jnp.broadcast_to(variance, shape)
-    _check_kernel("matching_kernel", kernel, shape)
+    check_odd_stamp(kernel, "matching_kernel", shape)
     psf = None
     if science_psf is not None:
         psf = as_arr(science_psf)
-        _check_kernel("science_psf", psf, shape)
-    if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        if mask.shape != shape:
-            msg = f"mask must have the image shape {shape}, got {mask.shape}"
-            raise ValueError(msg)
-    if variance_mode not in VARIANCE_MODES:
-        msg = f"variance_mode must be one of {VARIANCE_MODES}, got {variance_mode!r}"
-        raise ValueError(msg)
-    if pad_mode not in PAD_MODES:
-        msg = f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}"
-        raise ValueError(msg)
+        check_odd_stamp(psf, "science_psf", shape)
+    mask = _bool_mask(mask, shape)
+    check_choice(variance_mode, "variance_mode", VARIANCE_MODES)
+    check_choice(pad_mode, "pad_mode", PAD_MODES)
     stamps = [kernel.shape] + ([psf.shape] if psf is not None else [])
     if fft_shape is None:
         fft_shape = default_fft_shape(shape, *stamps)
-    fft_shape = _check_fft_shape(fft_shape, shape)
+    fft_shape = check_fft_shape(fft_shape, shape)
     return _decorrelate_jit(difference, variance, kernel, svar, tvar, psf, mask, fft_shape=fft_shape,
                             pad_mode=pad_mode, variance_mode=variance_mode)  # fmt: skip
 
@@ -685,24 +674,16 @@ def score_image(
     >>> float(score_image(d, 1.0, psf)[8, 8])
     3.0
     """
-    dtype = float_dtype(difference)
+    dtype = working_dtype(difference, "difference")
     as_arr = functools.partial(jnp.asarray, dtype=dtype)
     difference, variance, psf = map(as_arr, (difference, variance, psf))
     shape = difference.shape
-    if difference.ndim != 2:
-        msg = f"difference must be 2-D, got shape {shape}"
-        raise ValueError(msg)
-    if variance.shape not in ((), shape):
-        msg = f"variance must be a scalar or have the image shape {shape}, got {variance.shape}"
-        raise ValueError(msg)
+    check_2d(difference, "difference")
+    check_scalar_or_shape(variance, "variance", shape)
     variance = jnp.broadcast_to(variance, shape)
-    _check_kernel("psf", psf, shape)
-    if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        if mask.shape != shape:
-            msg = f"mask must have the image shape {shape}, got {mask.shape}"
-            raise ValueError(msg)
+    check_odd_stamp(psf, "psf", shape)
+    mask = _bool_mask(mask, shape)
     if fft_shape is None:
         fft_shape = fast_fft_shape([n + k for n, k in zip(shape, psf.shape, strict=True)])
-    fft_shape = _check_fft_shape(fft_shape, [n + k - 1 for n, k in zip(shape, psf.shape, strict=True)])
+    fft_shape = check_fft_shape(fft_shape, [n + k - 1 for n, k in zip(shape, psf.shape, strict=True)])
     return _score_jit(difference, variance, psf, mask, fft_shape=fft_shape)

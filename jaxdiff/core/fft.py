@@ -20,6 +20,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Complex, Float, Num
 
+from ._numerics import PRECISION
+
 __all__ = [
     "FAST_FFT_MANTISSAS",
     "centered_dft_matrix",
@@ -278,7 +280,7 @@ def psf_to_otf(psf: Float[ArrayLike, "Kh Kw"], fft_shape: Sequence[int]) -> Comp
     cdtype = jnp.complex64 if psf.dtype == jnp.float32 else jnp.complex128
     ey = jnp.asarray(centered_dft_matrix(fh, kh), cdtype)
     ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
-    mm = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
+    mm = functools.partial(jnp.matmul, precision=PRECISION)
     return mm(ey, mm(psf.astype(cdtype), ex))
 
 

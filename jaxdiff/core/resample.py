@@ -42,6 +42,8 @@ When source and destination pixels differ in area, total counts change by the ar
 import jax
 import jax.numpy as jnp
 
+from ._numerics import result_float_dtype
+
 __all__ = [
     "KERNELS",
     "kernel_half_width",
@@ -86,11 +88,6 @@ def kernel_half_width(kernel):
 #: kernel weights below this count as zero for the mask, so that the rounding noise of a WCS
 #: round trip (~1e-10 px) does not flag an extra row or column.
 _EDGE_TOL = 1e-5
-
-
-def _float_dtype(*arrays):
-    dt = jnp.result_type(*arrays)
-    return dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float)
 
 
 def _axis_taps(coord, kernel):
@@ -148,7 +145,7 @@ def _prepare(image, x_src, y_src):
     x_src, y_src = jnp.asarray(x_src), jnp.asarray(y_src)
     if x_src.shape != y_src.shape:
         raise ValueError(f"x_src and y_src must have one shape, got {x_src.shape} and {y_src.shape}")
-    dt = _float_dtype(x_src, y_src)
+    dt = result_float_dtype(x_src, y_src)
     return image, x_src.astype(dt), y_src.astype(dt)
 
 

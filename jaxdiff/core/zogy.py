@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int
 
+from ._checks import check_choice, check_fft_shape, check_odd_stamp, check_scalar, check_scalar_or_shape
+from ._numerics import PRECISION, result_float_dtype, tiny
 from .fft import (
     centered_dft_matrix,
     crop_center_origin,
@@ -304,9 +306,7 @@ def zogy(
     >>> round(float(res.difference_variance[0, 0]), 4)
     2.0
     """
-    dtype = jnp.result_type(new_image)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
+    dtype = result_float_dtype(new_image)
     if dtype not in (jnp.float32, jnp.float64):
         msg = f"zogy supports float32 and float64 images, got {dtype}"
         raise ValueError(msg)
@@ -326,31 +326,18 @@ def zogy(
     if len(shape) != 2 or ref_image.shape != shape:
         msg = f"images must be 2-D with equal shapes, got {shape} and {ref_image.shape}"
         raise ValueError(msg)
-    for name, psf in (("new_psf", new_psf), ("ref_psf", ref_psf)):
-        if psf.ndim != 2 or any(k % 2 == 0 or k > n for k, n in zip(psf.shape, shape, strict=False)):
-            msg = f"{name} must be 2-D, odd-sized and no larger than the image {shape}, got {psf.shape}"
-            raise ValueError(msg)
-    for name, var in (("new_variance", new_variance), ("ref_variance", ref_variance)):
-        if var.shape not in ((), shape):
-            msg = f"{name} must be a scalar or have the image shape {shape}, got {var.shape}"
-            raise ValueError(msg)
+    check_odd_stamp(new_psf, "new_psf", shape)
+    check_odd_stamp(ref_psf, "ref_psf", shape)
+    check_scalar_or_shape(new_variance, "new_variance", shape)
+    check_scalar_or_shape(ref_variance, "ref_variance", shape)
     for name, val in (("new_noise_var", new_noise_var), ("ref_noise_var", ref_noise_var), ("f_new", f_new),
                       ("f_ref", f_ref)):  # fmt: skip
-        if val.ndim != 0:
-            msg = f"{name} must be a scalar, got shape {val.shape}"
-            raise ValueError(msg)
+        check_scalar(val, name)
     if fft_shape is None:
         fft_shape = default_fft_shape(shape, new_psf.shape, ref_psf.shape)
-    fft_shape = tuple(int(s) for s in fft_shape)
-    if len(fft_shape) != 2 or any(f < n for f, n in zip(fft_shape, shape, strict=False)):
-        msg = f"fft_shape must be two ints >= the image shape {shape}, got {fft_shape}"
-        raise ValueError(msg)
-    if pad_mode not in PAD_MODES:
-        msg = f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}"
-        raise ValueError(msg)
-    if kernel_mode not in KERNEL_MODES:
-        msg = f"kernel_mode must be one of {KERNEL_MODES}, got {kernel_mode!r}"
-        raise ValueError(msg)
+    fft_shape = check_fft_shape(fft_shape, shape, "image shape")
+    check_choice(pad_mode, "pad_mode", PAD_MODES)
+    check_choice(kernel_mode, "kernel_mode", KERNEL_MODES)
     box = kernel_box_shape(new_psf.shape, ref_psf.shape, fft_shape)
     small = _small_grid(box, fft_shape)
     concrete = not any(isinstance(a, jax.core.Tracer) for a in (new_psf, ref_psf, new_noise_var, ref_noise_var,
@@ -539,7 +526,7 @@ def _stamps_to_half_spectra(stamps, grid):
     (fh, fw), (kh, kw) = grid, stamps.shape[-2:]
     cdtype = jnp.complex64 if stamps.dtype == jnp.float32 else jnp.complex128
     ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
-    rows = jnp.matmul(stamps.astype(cdtype), ex, precision=jax.lax.Precision.HIGHEST)  # (..., Kh, W//2+1)
+    rows = jnp.matmul(stamps.astype(cdtype), ex, precision=PRECISION)  # (..., Kh, W//2+1)
     h = kh // 2  # centre row to index 0, rows before it wrap to the end, zeros between
     gap = jnp.zeros((*rows.shape[:-2], fh - kh, rows.shape[-1]), rows.dtype)
     return jnp.fft.fft(jnp.concatenate([rows[..., h:, :], gap, rows[..., :h, :]], axis=-2), axis=-2)
@@ -604,7 +591,6 @@ def _zogy_jit(
     f_new, f_ref, sigmas, *, fft_shape, calculate_score, pad_mode, kernel_mode,
 ):  # fmt: skip
     dtype = new_image.dtype
-    tiny = 100 * float(jnp.finfo(dtype).tiny)
     pn_norm, pr_norm = new_psf, ref_psf  # (stamp, low part); precise_otf normalises
     new_psf, ref_psf = new_psf[0], ref_psf[0]
     (h, w), (fh, fw) = new_image.shape, fft_shape
@@ -711,7 +697,7 @@ def _zogy_jit(
     mats = [jnp.asarray(m, pd_small.dtype) for m in stamp_idft_matrices(stamp_grid, new_psf.shape)]
 
     def stamps(*spectra_):  # normalised stamps from half spectra on the small grid
-        mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+        mm = functools.partial(jnp.matmul, precision=PRECISION)
         out = [mm(mats[0], mm(spec, mats[1])).real for spec in spectra_]
         return [o / jnp.sum(o) for o in out]
 
@@ -740,7 +726,7 @@ def _zogy_jit(
     ps_small = jnp.abs(pd_small) ** 2
     difference_psf, score_psf = stamps(pd_small, ps_small.astype(pd_small.dtype))  # eqs. 14, 17
     total = score_variance + astrometric_variance
-    ok = total > tiny
+    ok = total > tiny(dtype)
     score_corr = jnp.where(ok, score / jnp.sqrt(jnp.where(ok, total, 1)), 0)
     return ZogyResult(difference, difference_variance, difference_psf, f_d, score, score_variance,
                       astrometric_variance, score_corr, score_psf, n_degenerate, *extra)  # fmt: skip

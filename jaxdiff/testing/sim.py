@@ -1,6 +1,6 @@
 """Scene simulator: science/template pairs of star fields with known truth.
 
-Two entry points:
+The entry point, and its companion module:
 
 * :func:`simulate_pair` builds a science and a template :class:`~jaxdiff.image.Exposure` of the same
   star field, deterministically from a ``jax.random`` key: pixel-integrated Gaussian or Moffat PSFs
@@ -9,7 +9,8 @@ Two entry points:
   saturated stars, bad columns and cosmic rays.  It returns the two exposures and a
   :class:`SimulationTruth` holding every input that went in (positions, fluxes, noise-free images,
   PSF parameters ...).
-* :func:`make_lsst_zogy_test_images` replicates ``makeFakeImages`` from ip_diffim's
+* :func:`~jaxdiff.testing.lsst_scenes.make_lsst_zogy_test_images` (in
+  :mod:`jaxdiff.testing.lsst_scenes`) replicates ``makeFakeImages`` from ip_diffim's
   ``tests/test_zogy.py``, for the LSST cross-check tests.
 
 The renderers underneath are jitted pure functions of arrays:
@@ -40,6 +41,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import erf, erfc
 
+from ..core._numerics import PRECISION
 from ..image.image import DEFAULT_MASK_PLANES, Exposure, Image, Mask, MaskedImage, PhotoCalib
 from ..image.psf import FWHM_PER_SIGMA, GridPsf, ImagePsf
 
@@ -56,9 +58,6 @@ __all__ = [
 
 _DEFAULT_TEMPLATE_PSF = {"kind": "gaussian", "sigma": 1.5}
 _DEFAULT_SCIENCE_PSF = {"kind": "gaussian", "sigma": 2.2}
-
-#: Matmuls that sum star profiles run at full float32/float64 precision (no TF32 on GPUs).
-_PRECISION = lax.Precision.HIGHEST
 
 # Independent random streams: each component folds its own constant into the key, so changing one
 # option (say ``n_cosmic_rays``) never changes the draws of another (say the star positions).
@@ -171,7 +170,7 @@ def _render_gaussian(x, y, flux, sigma, *, shape, chunk_size):
         gx = _gauss_pixel_profile(xc, sc, w)  # (c, W)
         gy = _gauss_pixel_profile(yc, sc, h)  # (c, H)
         # sum_k f_k gy_k(row) gx_k(col) = Gy^T diag(f) Gx
-        return jnp.matmul(gy.T, fc[:, None] * gx, precision=_PRECISION)
+        return jnp.matmul(gy.T, fc[:, None] * gx, precision=PRECISION)  # no TF32 on GPUs
 
     if n <= chunk_size:
         return chunk(x, y, flux, sigma)
@@ -988,10 +987,87 @@ def simulate_pair(
     Noise: ``raw = Poisson(gain * mu) / gain + N(0, read_noise^2) / gain`` with
     ``mu = model + background + sky``; the variance plane is
     ``mu / gain + (read_noise / gain)^2``, from the noise-free ``mu`` (what LSST's variance planes
-    approximate).  Saturation, cosmic rays and bad columns are applied to the noisy image, then the
-    sky is subtracted.
+    approximate).  Cosmic rays, saturation and bad columns are applied, in this order, to the noisy
+    image, then the sky is subtracted.
     """
-    # ---- validation (all before any work) ----------------------------------------------------
+    cfg = _resolve_options(
+        shape=shape, dtype=dtype, xy0=xy0, template_psf=template_psf, science_psf=science_psf,
+        psf_variation=psf_variation, psf_grid=psf_grid, psf_size=psf_size, oversample=oversample,
+        sky_science=sky_science, sky_template=sky_template, read_noise=read_noise, gain=gain,
+        flux_ratio=flux_ratio, background_offset=background_offset, shift=shift,
+        n_saturated=n_saturated, n_bad_columns=n_bad_columns, n_cosmic_rays=n_cosmic_rays,
+        transient_flux=transient_flux, transient_snr=transient_snr,
+    )
+    stream = _streams(_key(key))
+    stars = _draw_stars(cfg, stream, n_stars=n_stars, flux_range=flux_range, flux_slope=flux_slope, stars=stars)
+    trans = _draw_transients(
+        cfg, stream, n_transients=n_transients, transients=transients, transient_sign=transient_sign,
+        transient_flux=transient_flux, transient_snr=transient_snr,
+    )
+    scene = _render_scene(cfg, stars, trans, noise=noise, subtract_sky=subtract_sky)
+    sci = _noisy_planes(cfg, scene.science_mu, stream("science_noise") if noise else None)
+    tmp = _noisy_planes(cfg, scene.template_mu, stream("template_noise") if noise else None)
+    defects = _apply_defects(
+        cfg, stream, stars, scene, sci, tmp, saturation_level=saturation_level,
+        bad_column_value=bad_column_value, cosmic_ray_flux=cosmic_ray_flux, subtract_sky=subtract_sky,
+    )
+    sci_psf, tmp_psf = _build_psfs(cfg)
+    sci_wcs, tmp_wcs = _build_wcs(cfg, with_wcs, wcs_offset, wcs_center, pixel_scale)
+    sci_pc, tmp_pc = _photo_calibs(photo_calib, flux_ratio)
+    science = _exposure(sci, sci_psf, sci_wcs, sci_pc, cfg.bbox)
+    template = _exposure(tmp, tmp_psf, tmp_wcs, tmp_pc, cfg.bbox)
+    return SimulatedPair(science, template, _truth(cfg, stars, trans, scene, defects))
+
+
+# ----------------------------------------------------------------------------------------------
+# simulate_pair stages, in the order simulate_pair calls them
+# ----------------------------------------------------------------------------------------------
+
+
+class _Options(NamedTuple):
+    """The validated options of one :func:`simulate_pair` call.
+
+    ``sky_science``, ``sky_template``, ``read_noise``, ``gain``, ``flux_ratio`` and
+    ``background_offset`` are kept exactly as passed (no conversion), so the arithmetic with them is
+    the caller's.
+    """
+
+    dtype: np.dtype
+    bbox: tuple  # (x0, y0, w, h)
+    template_psf: dict
+    science_psf: dict
+    variation: tuple  # (px, py)
+    shift: tuple  # (dx, dy), floats
+    psf_size: int
+    psf_grid: tuple  # (nx, ny)
+    oversample: int
+    sky_science: object
+    sky_template: object
+    read_noise: object
+    gain: object
+    flux_ratio: object
+    background: object  # f(x, y) -> counts, from _background_fn
+    n_saturated: int
+    n_bad_columns: int
+    n_cosmic_rays: int
+
+    @property
+    def shape(self):
+        """``(height, width)``."""
+        return (self.bbox[3], self.bbox[2])
+
+    @property
+    def read_variance(self):
+        """Read-noise variance in image units, ``(read_noise / gain)^2``."""
+        return (self.read_noise / self.gain) ** 2
+
+
+def _resolve_options(
+    *, shape, dtype, xy0, template_psf, science_psf, psf_variation, psf_grid, psf_size, oversample,
+    sky_science, sky_template, read_noise, gain, flux_ratio, background_offset, shift,
+    n_saturated, n_bad_columns, n_cosmic_rays, transient_flux, transient_snr,
+):
+    """Validate the options that need no random draw (all before any work) into an :class:`_Options`."""
     dtype = _resolve_dtype(dtype)
     h, w = _check_shape(shape)
     x0, y0 = (int(v) for v in xy0)
@@ -1001,14 +1077,7 @@ def simulate_pair(
     variation = _variation(psf_variation)
     if abs(variation[0]) + abs(variation[1]) >= 1.0:
         raise ValueError(f"psf_variation {psf_variation!r} would make the PSF width non-positive somewhere")
-    levels = (("sky_science", sky_science), ("sky_template", sky_template), ("read_noise", read_noise))
-    for name, value in levels:
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    if not (np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be positive, got {gain}")
-    if not (np.isfinite(flux_ratio) and flux_ratio > 0):
-        raise ValueError(f"flux_ratio must be positive, got {flux_ratio}")
+    _check_levels(sky_science, sky_template, read_noise, gain, flux_ratio)
     dx, dy = (float(v) for v in shift)
     oversample = _positive_int(oversample, "oversample")
     n_cr = _positive_int(n_cosmic_rays, "n_cosmic_rays", allow_zero=True)
@@ -1021,187 +1090,329 @@ def simulate_pair(
     grid = _psf_grid(psf_grid)
     psf_size = _default_psf_size(psf_size, tspec, sspec, variation, (h, w))
     background = _background_fn(background_offset, bbox)
+    return _Options(
+        dtype=dtype, bbox=bbox, template_psf=tspec, science_psf=sspec, variation=variation,
+        shift=(dx, dy), psf_size=psf_size, psf_grid=grid, oversample=oversample,
+        sky_science=sky_science, sky_template=sky_template, read_noise=read_noise, gain=gain,
+        flux_ratio=flux_ratio, background=background,
+        n_saturated=n_sat, n_bad_columns=n_bad, n_cosmic_rays=n_cr,
+    )
 
-    key = _key(key)
+
+def _check_levels(sky_science, sky_template, read_noise, gain, flux_ratio):
+    """Check that sky levels and read noise are finite and >= 0, gain and flux ratio finite and > 0."""
+    levels = (("sky_science", sky_science), ("sky_template", sky_template), ("read_noise", read_noise))
+    for name, value in levels:
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    if not (np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be positive, got {gain}")
+    if not (np.isfinite(flux_ratio) and flux_ratio > 0):
+        raise ValueError(f"flux_ratio must be positive, got {flux_ratio}")
+
+
+def _streams(key):
+    """Return ``stream(name)``: the independent key of one random component (see ``_STREAM``)."""
 
     def stream(name):
         return jax.random.fold_in(key, _STREAM[name])
 
-    # ---- stars and transients ----------------------------------------------------------------
+    return stream
+
+
+class _Stars(NamedTuple):
+    """The constant stars, PARENT positions, rounded through the image dtype (float64 arrays)."""
+
+    x: np.ndarray  # template
+    y: np.ndarray
+    flux: np.ndarray  # template flux
+    x_science: np.ndarray
+    y_science: np.ndarray
+    flux_science: np.ndarray
+    science_scale: np.ndarray  # science PSF width factor at each star
+
+
+def _draw_stars(cfg, stream, *, n_stars, flux_range, flux_slope, stars):
+    """Draw the random (or take the explicit) constant stars of both images."""
     if stars is None:
-        sx, sy, sf = _random_stars(stream, n_stars, flux_range, flux_slope, bbox)
+        sx, sy, sf = _random_stars(stream, n_stars, flux_range, flux_slope, cfg.bbox)
     else:
         sx, sy, sf = _explicit_sources(stars, "stars", allow_zero=True)
-    if n_sat > sx.size:
-        raise ValueError(f"n_saturated must be at most the number of stars ({sx.size}), got {n_sat}")
+    if cfg.n_saturated > sx.size:
+        raise ValueError(f"n_saturated must be at most the number of stars ({sx.size}), got {cfg.n_saturated}")
+    dtype, (dx, dy) = cfg.dtype, cfg.shift
     sx, sy, sf = _through(sx, dtype), _through(sy, dtype), _through(sf, dtype)
     sxs, sys_ = _through(sx + dx, dtype), _through(sy + dy, dtype)
-    sfs = _through(flux_ratio * sf, dtype)
-    sci_scale = _through(_width_scale(sxs, sys_, variation, bbox), dtype)
+    sfs = _through(cfg.flux_ratio * sf, dtype)
+    scale = _through(_width_scale(sxs, sys_, cfg.variation, cfg.bbox), dtype)
+    return _Stars(sx, sy, sf, sxs, sys_, sfs, scale)
 
+
+class _Transients(NamedTuple):
+    """Transients: science-frame PARENT positions, fluxes and signs (+1 new, -1 fading)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    sign: np.ndarray
+
+
+def _draw_transients(cfg, stream, *, n_transients, transients, transient_sign, transient_flux, transient_snr):
+    """Draw the random (or take the explicit) transients and set their fluxes (given, or from a S/N)."""
     if transients is None:
-        n_tr = _positive_int(n_transients, "n_transients", allow_zero=True)
-        half = psf_size // 2
-        if n_tr and (w - 1 < 2 * half or h - 1 < 2 * half):
-            raise ValueError(f"image shape {(h, w)} leaves no room for transients away from the edges")
-        kt = jax.random.split(stream("transient_xy"))
-        tx = _uniform(kt[0], n_tr, x0 + half, x0 + w - 1 - half)
-        ty = _uniform(kt[1], n_tr, y0 + half, y0 + h - 1 - half)
+        tx, ty = _random_transient_positions(cfg, stream, n_transients)
         tf = None
     else:
         tx, ty, tf = _explicit_sources(transients, "transients", allow_zero=False)
-        n_tr = tx.size
+    n_tr = tx.size
     tsign = np.broadcast_to(np.asarray(transient_sign, dtype=np.int64), (n_tr,)).copy()
     if not np.all(np.isin(tsign, (-1, 1))):
         raise ValueError(f"transient_sign must be +1 or -1, got {transient_sign!r}")
-    tx, ty = _through(tx, dtype), _through(ty, dtype)
+    tx, ty = _through(tx, cfg.dtype), _through(ty, cfg.dtype)
     if tf is None and transient_flux is not None:
         tf = np.broadcast_to(np.asarray(transient_flux, dtype=np.float64), (n_tr,)).copy()
         if np.any(~(tf > 0)) or np.any(~np.isfinite(tf)):
             raise ValueError(f"transient_flux must be positive and finite, got {transient_flux!r}")
     elif tf is None:
-        snr = 10.0 if transient_snr is None else transient_snr
-        snr = np.broadcast_to(np.asarray(snr, np.float64), (n_tr,))
-        if np.any(~(snr > 0)):
-            raise ValueError(f"transient_snr must be positive, got {transient_snr!r}")
-        rn2 = (read_noise / gain) ** 2
-        tf = np.empty(n_tr)
-        for i in range(n_tr):
-            if tsign[i] > 0:
-                scale = float(_width_scale(tx[i], ty[i], variation, bbox))
-                kern = _kernel(sspec, scale, psf_size, oversample, dtype)
-                var = (sky_science + float(background(tx[i], ty[i]))) / gain + rn2
-            else:
-                kern = _kernel(tspec, 1.0, psf_size, oversample, dtype)
-                var = sky_template / gain + rn2
-            tf[i] = flux_for_snr(snr[i], kern, var)
-    tf = _through(tf, dtype)
+        tf = _transient_fluxes_for_snr(cfg, tx, ty, tsign, transient_snr)
+    return _Transients(tx, ty, _through(tf, cfg.dtype), tsign)
 
-    # ---- noise-free images -------------------------------------------------------------------
-    def render(spec, x, y, flux, scale):
-        return _render(spec, x - x0, y - y0, flux, scale, (h, w), psf_size, oversample, dtype)
 
+def _random_transient_positions(cfg, stream, n_transients):
+    """Draw uniform PARENT positions at least ``psf_size // 2`` pixels from the edges."""
+    n_tr = _positive_int(n_transients, "n_transients", allow_zero=True)
+    x0, y0, w, h = cfg.bbox
+    half = cfg.psf_size // 2
+    if n_tr and (w - 1 < 2 * half or h - 1 < 2 * half):
+        raise ValueError(f"image shape {(h, w)} leaves no room for transients away from the edges")
+    kt = jax.random.split(stream("transient_xy"))
+    tx = _uniform(kt[0], n_tr, x0 + half, x0 + w - 1 - half)
+    ty = _uniform(kt[1], n_tr, y0 + half, y0 + h - 1 - half)
+    return tx, ty
+
+
+def _transient_fluxes_for_snr(cfg, tx, ty, tsign, transient_snr):
+    """Return the fluxes of the PSF-photometry S/N (default 10) in the image each transient appears in."""
+    n_tr = tx.size
+    snr = 10.0 if transient_snr is None else transient_snr
+    snr = np.broadcast_to(np.asarray(snr, np.float64), (n_tr,))
+    if np.any(~(snr > 0)):
+        raise ValueError(f"transient_snr must be positive, got {transient_snr!r}")
+    rn2, gain = cfg.read_variance, cfg.gain
+    tf = np.empty(n_tr)
+    for i in range(n_tr):
+        if tsign[i] > 0:
+            scale = float(_width_scale(tx[i], ty[i], cfg.variation, cfg.bbox))
+            kern = _kernel(cfg.science_psf, scale, cfg.psf_size, cfg.oversample, cfg.dtype)
+            var = (cfg.sky_science + float(cfg.background(tx[i], ty[i]))) / gain + rn2
+        else:
+            kern = _kernel(cfg.template_psf, 1.0, cfg.psf_size, cfg.oversample, cfg.dtype)
+            var = cfg.sky_template / gain + rn2
+        tf[i] = flux_for_snr(snr[i], kern, var)
+    return tf
+
+
+class _Scene(NamedTuple):
+    """Noise-free images: Poisson means (jax, image dtype) and truth models (numpy float64)."""
+
+    science_mu: jax.Array  # stars + transients + background + sky
+    template_mu: jax.Array
+    science_model: np.ndarray  # as stored: without the sky when subtract_sky
+    template_model: np.ndarray
+    background: np.ndarray
+
+
+def _render_scene(cfg, stars, trans, *, noise, subtract_sky):
+    """Render stars, transients, background and sky into the Poisson means and the truth models."""
+    x0, y0, w, h = cfg.bbox
+    dtype, (dx, dy) = cfg.dtype, cfg.shift
+    sspec, tspec = cfg.science_psf, cfg.template_psf
     yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
-    bkg = np.asarray(background(xx, yy), np.float64)
-    sci = render(sspec, sxs, sys_, sfs, sci_scale)
-    tmp = render(tspec, sx, sy, sf, np.ones_like(sx))
-    new, fade = tsign > 0, tsign < 0
+    bkg = np.asarray(cfg.background(xx, yy), np.float64)
+    sci = _render_parent(cfg, sspec, stars.x_science, stars.y_science, stars.flux_science, stars.science_scale)
+    tmp = _render_parent(cfg, tspec, stars.x, stars.y, stars.flux, np.ones_like(stars.x))
+    tx, ty, tf = trans.x, trans.y, trans.flux
+    new, fade = trans.sign > 0, trans.sign < 0
     if np.any(new):
-        scale = _through(_width_scale(tx[new], ty[new], variation, bbox), dtype)
-        sci = sci + render(sspec, tx[new], ty[new], tf[new], scale)
+        scale = _through(_width_scale(tx[new], ty[new], cfg.variation, cfg.bbox), dtype)
+        sci = sci + _render_parent(cfg, sspec, tx[new], ty[new], tf[new], scale)
     if np.any(fade):
-        tmp = tmp + render(tspec, tx[fade] - dx, ty[fade] - dy, tf[fade], np.ones(int(fade.sum())))
-    sci_mu = sci + jnp.asarray(bkg.astype(dtype)) + jnp.asarray(sky_science, dtype)  # Poisson means
-    tmp_mu = tmp + jnp.asarray(sky_template, dtype)
+        ones = np.ones(int(fade.sum()))
+        tmp = tmp + _render_parent(cfg, tspec, tx[fade] - dx, ty[fade] - dy, tf[fade], ones)
+    sci_mu = sci + jnp.asarray(bkg.astype(dtype)) + jnp.asarray(cfg.sky_science, dtype)  # Poisson means
+    tmp_mu = tmp + jnp.asarray(cfg.sky_template, dtype)
     if noise and (float(jnp.min(sci_mu)) < 0 or float(jnp.min(tmp_mu)) < 0):
         raise ValueError("sky + background is negative somewhere: the Poisson mean must be >= 0")
     # truth in float64 from the rendered stars (no float32 rounding of the sky level)
     sci_model = np.asarray(sci, dtype=np.float64) + bkg
     tmp_model = np.array(tmp, dtype=np.float64)
     if not subtract_sky:
-        sci_model += sky_science
-        tmp_model += sky_template
+        sci_model += cfg.sky_science
+        tmp_model += cfg.sky_template
+    return _Scene(sci_mu, tmp_mu, sci_model, tmp_model, bkg)
 
-    # ---- noise, variance, defects ------------------------------------------------------------
-    rn2 = (read_noise / gain) ** 2
-    sci_var = np.array(sci_mu / gain + rn2, dtype=dtype)
-    tmp_var = np.array(tmp_mu / gain + rn2, dtype=dtype)
-    if noise:
-        sci_raw = np.array(_noisy(stream("science_noise"), sci_mu, gain, read_noise), dtype=dtype)
-        tmp_raw = np.array(_noisy(stream("template_noise"), tmp_mu, gain, read_noise), dtype=dtype)
+
+def _render_parent(cfg, spec, x, y, flux, scale):
+    """Apply :func:`_render` to PARENT positions, on the image of ``cfg``."""
+    x0, y0 = cfg.bbox[:2]
+    return _render(spec, x - x0, y - y0, flux, scale, cfg.shape, cfg.psf_size, cfg.oversample, cfg.dtype)
+
+
+class _Planes(NamedTuple):
+    """The three (numpy, editable in place) planes of one exposure."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    variance: np.ndarray
+
+
+def _noisy_planes(cfg, mu, key):
+    """Make the planes of one image of Poisson means ``mu``: noisy image, zero mask, variance.
+
+    The noise is drawn with ``key``; without a key (``noise=False``) the image is ``mu`` itself.
+    """
+    gain, dtype = cfg.gain, cfg.dtype
+    var = np.array(mu / gain + cfg.read_variance, dtype=dtype)
+    if key is None:
+        raw = np.array(mu, dtype=dtype)
     else:
-        sci_raw = np.array(sci_mu, dtype=dtype)
-        tmp_raw = np.array(tmp_mu, dtype=dtype)
-    sci_mask = np.zeros((h, w), dtype=np.int32)
-    tmp_mask = np.zeros((h, w), dtype=np.int32)
+        raw = np.array(_noisy(key, mu, gain, cfg.read_noise), dtype=dtype)
+    return _Planes(raw, np.zeros(cfg.shape, dtype=np.int32), var)
+
+
+class _Defects(NamedTuple):
+    """What :func:`_apply_defects` did (LOCAL pixel positions)."""
+
+    cosmic_ray_x: np.ndarray
+    cosmic_ray_y: np.ndarray
+    cosmic_ray_flux: np.ndarray
+    saturation_level: float
+    saturated: np.ndarray
+    bad_columns: np.ndarray
+
+
+def _apply_defects(
+    cfg, stream, stars, scene, sci, tmp, *, saturation_level, bad_column_value, cosmic_ray_flux, subtract_sky
+):
+    """Add cosmic rays, saturation and bad columns, then subtract the sky, in place on the planes."""
     bits = {p: 1 << DEFAULT_MASK_PLANES[p] for p in ("SAT", "BAD", "CR")}
-
     cr_x, cr_y, cr_f = _add_cosmic_rays(
-        stream("cosmic_rays"), n_cr, cosmic_ray_flux, sci_raw, sci_mask, bits["CR"]
+        stream("cosmic_rays"), cfg.n_cosmic_rays, cosmic_ray_flux, sci.image, sci.mask, bits["CR"]
     )
-    sci_mu_np = np.asarray(sci_mu, dtype=np.float64)
-    if saturation_level is None and n_sat:
-        saturation_level = _saturation_for(n_sat, sci_mu_np, sxs - x0, sys_ - y0)
-    if saturation_level is not None:
-        saturation_level = float(saturation_level)
-        for raw, mask in ((sci_raw, sci_mask), (tmp_raw, tmp_mask)):
-            hit = raw >= saturation_level
-            raw[hit] = saturation_level
-            mask[hit] |= bits["SAT"]
-        saturated = _peaks(sci_mu_np, sxs - x0, sys_ - y0) >= saturation_level
-    else:
-        saturation_level = float("inf")
-        saturated = np.zeros(sx.size, dtype=bool)
-    bad_cols = np.sort(np.asarray(jax.random.permutation(stream("bad_columns"), w))[:n_bad]).astype(np.int64)
-    if n_bad:
-        sci_raw[:, bad_cols] = bad_column_value + (sky_science if subtract_sky else 0.0)
-        sci_mask[:, bad_cols] |= bits["BAD"]
+    level, saturated = _saturate(cfg, stars, scene, (sci, tmp), saturation_level, bits["SAT"])
+    sky = cfg.sky_science if subtract_sky else 0.0
+    bad_cols = _add_bad_columns(cfg, stream("bad_columns"), sci, bad_column_value, sky, bits["BAD"])
     if subtract_sky:
-        sci_raw -= np.asarray(sky_science, dtype)
-        tmp_raw -= np.asarray(sky_template, dtype)
+        sci.image[...] -= np.asarray(cfg.sky_science, cfg.dtype)
+        tmp.image[...] -= np.asarray(cfg.sky_template, cfg.dtype)
+    return _Defects(cr_x, cr_y, cr_f, level, saturated, bad_cols)
 
-    # ---- PSFs, WCS, PhotoCalib, exposures ----------------------------------------------------
-    centre = (x0 + 0.5 * (w - 1), y0 + 0.5 * (h - 1))
-    tmp_psf = ImagePsf(_kernel(tspec, 1.0, psf_size, oversample, dtype), averagePosition=centre)
-    if variation != (0.0, 0.0):
-        xc = np.unique(np.linspace(x0, x0 + w - 1, grid[0]))
-        yc = np.unique(np.linspace(y0, y0 + h - 1, grid[1]))
-        scales = _width_scale(xc[None, :], yc[:, None], variation, bbox)  # (ny, nx)
-        images = [[_kernel(sspec, float(sc), psf_size, oversample, dtype) for sc in row] for row in scales]
+
+def _saturate(cfg, stars, scene, planes, saturation_level, bit):
+    """Clip and flag both images at the explicit (or ``n_saturated``) level.
+
+    Return the level (``inf`` when nothing saturates) and which stars saturate.
+    """
+    x0, y0 = cfg.bbox[:2]
+    sci_mu = np.asarray(scene.science_mu, dtype=np.float64)
+    lx, ly = stars.x_science - x0, stars.y_science - y0
+    if saturation_level is None and cfg.n_saturated:
+        saturation_level = _saturation_for(cfg.n_saturated, sci_mu, lx, ly)
+    if saturation_level is None:
+        return float("inf"), np.zeros(stars.x.size, dtype=bool)
+    level = float(saturation_level)
+    for p in planes:
+        hit = p.image >= level
+        p.image[hit] = level
+        p.mask[hit] |= bit
+    return level, _peaks(sci_mu, lx, ly) >= level
+
+
+def _add_bad_columns(cfg, key, planes, value, sky, bit):
+    """Set ``n_bad_columns`` distinct random columns to ``value + sky`` and flag them; return LOCAL x."""
+    n_bad = cfg.n_bad_columns
+    bad_cols = np.sort(np.asarray(jax.random.permutation(key, cfg.shape[1]))[:n_bad]).astype(np.int64)
+    if n_bad:
+        planes.image[:, bad_cols] = value + sky
+        planes.mask[:, bad_cols] |= bit
+    return bad_cols
+
+
+def _centre(bbox):
+    """Return the PARENT position of the image centre."""
+    x0, y0, w, h = bbox
+    return (x0 + 0.5 * (w - 1), y0 + 0.5 * (h - 1))
+
+
+def _build_psfs(cfg):
+    """Build the science (GridPsf with ``psf_variation``, else ImagePsf) and template (ImagePsf) PSFs."""
+    x0, y0, w, h = cfg.bbox
+    centre = _centre(cfg.bbox)
+    size, oversample, dtype = cfg.psf_size, cfg.oversample, cfg.dtype
+    tmp_psf = ImagePsf(_kernel(cfg.template_psf, 1.0, size, oversample, dtype), averagePosition=centre)
+    if cfg.variation != (0.0, 0.0):
+        xc = np.unique(np.linspace(x0, x0 + w - 1, cfg.psf_grid[0]))
+        yc = np.unique(np.linspace(y0, y0 + h - 1, cfg.psf_grid[1]))
+        scales = _width_scale(xc[None, :], yc[:, None], cfg.variation, cfg.bbox)  # (ny, nx)
+        images = [[_kernel(cfg.science_psf, float(sc), size, oversample, dtype) for sc in row] for row in scales]
         sci_psf = GridPsf(np.asarray(images), xc, yc)
     else:
-        sci_psf = ImagePsf(_kernel(sspec, 1.0, psf_size, oversample, dtype), averagePosition=centre)
+        sci_psf = ImagePsf(_kernel(cfg.science_psf, 1.0, size, oversample, dtype), averagePosition=centre)
+    return sci_psf, tmp_psf
 
-    sci_wcs = tmp_wcs = None
-    if with_wcs:
-        off = (-dx, -dy) if wcs_offset is None else tuple(float(v) for v in wcs_offset)
-        sci_wcs = _tan_wcs(centre, wcs_center, pixel_scale)
-        tmp_wcs = _tan_wcs((centre[0] + off[0], centre[1] + off[1]), wcs_center, pixel_scale)
-    sci_pc, tmp_pc = _photo_calibs(photo_calib, flux_ratio)
 
-    def exposure(raw, mask, var, psf, wcs, pc):
-        mi = MaskedImage(Image(raw, (x0, y0)), Mask(mask, (x0, y0)), Image(var, (x0, y0)))
-        return Exposure(mi, psf=psf, wcs=wcs, photoCalib=pc)
+def _build_wcs(cfg, with_wcs, wcs_offset, wcs_center, pixel_scale):
+    """Build the science and template TAN WCSs (``None, None`` without ``with_wcs``)."""
+    if not with_wcs:
+        return None, None
+    dx, dy = cfg.shift
+    centre = _centre(cfg.bbox)
+    off = (-dx, -dy) if wcs_offset is None else tuple(float(v) for v in wcs_offset)
+    sci_wcs = _tan_wcs(centre, wcs_center, pixel_scale)
+    tmp_wcs = _tan_wcs((centre[0] + off[0], centre[1] + off[1]), wcs_center, pixel_scale)
+    return sci_wcs, tmp_wcs
 
-    science = exposure(sci_raw, sci_mask, sci_var, sci_psf, sci_wcs, sci_pc)
-    template = exposure(tmp_raw, tmp_mask, tmp_var, tmp_psf, tmp_wcs, tmp_pc)
 
-    truth = SimulationTruth(
-        x=sx,
-        y=sy,
-        x_science=sxs,
-        y_science=sys_,
-        flux_template=sf,
-        flux_science=sfs,
-        science_psf_scale=sci_scale,
-        transient_x=tx,
-        transient_y=ty,
-        transient_flux=tf,
-        transient_sign=tsign,
-        science_model=sci_model,
-        template_model=tmp_model,
-        background=bkg,
-        science_psf=sspec,
-        template_psf=tspec,
-        psf_variation=variation,
-        psf_size=psf_size,
-        flux_ratio=float(flux_ratio),
-        shift=(dx, dy),
-        sky_science=float(sky_science),
-        sky_template=float(sky_template),
-        read_noise=float(read_noise),
-        gain=float(gain),
-        saturation_level=saturation_level,
-        saturated=saturated,
-        bad_columns=bad_cols + x0,
-        cosmic_ray_x=cr_x + x0,
-        cosmic_ray_y=cr_y + y0,
-        cosmic_ray_flux=cr_f,
-        bbox=bbox,
+def _exposure(planes, psf, wcs, photo_calib, bbox):
+    """Wrap the planes in an :class:`~jaxdiff.image.Exposure` at the bbox's origin."""
+    xy0 = bbox[:2]
+    mi = MaskedImage(Image(planes.image, xy0), Mask(planes.mask, xy0), Image(planes.variance, xy0))
+    return Exposure(mi, psf=psf, wcs=wcs, photoCalib=photo_calib)
+
+
+def _truth(cfg, stars, trans, scene, defects):
+    """Collect the :class:`SimulationTruth` (PARENT positions)."""
+    x0, y0 = cfg.bbox[:2]
+    return SimulationTruth(
+        x=stars.x,
+        y=stars.y,
+        x_science=stars.x_science,
+        y_science=stars.y_science,
+        flux_template=stars.flux,
+        flux_science=stars.flux_science,
+        science_psf_scale=stars.science_scale,
+        transient_x=trans.x,
+        transient_y=trans.y,
+        transient_flux=trans.flux,
+        transient_sign=trans.sign,
+        science_model=scene.science_model,
+        template_model=scene.template_model,
+        background=scene.background,
+        science_psf=cfg.science_psf,
+        template_psf=cfg.template_psf,
+        psf_variation=cfg.variation,
+        psf_size=cfg.psf_size,
+        flux_ratio=float(cfg.flux_ratio),
+        shift=cfg.shift,
+        sky_science=float(cfg.sky_science),
+        sky_template=float(cfg.sky_template),
+        read_noise=float(cfg.read_noise),
+        gain=float(cfg.gain),
+        saturation_level=defects.saturation_level,
+        saturated=defects.saturated,
+        bad_columns=defects.bad_columns + x0,
+        cosmic_ray_x=defects.cosmic_ray_x + x0,
+        cosmic_ray_y=defects.cosmic_ray_y + y0,
+        cosmic_ray_flux=defects.cosmic_ray_flux,
+        bbox=cfg.bbox,
     )
-    return SimulatedPair(science, template, truth)
-
-
-# ----------------------------------------------------------------------------------------------
-# LSST test_zogy.py makeFakeImages
-# ----------------------------------------------------------------------------------------------
