@@ -2,8 +2,8 @@
 
 Includes the cases of ip_diffim ``tests/test_basisLists.py`` and worked examples of ip_diffim's
 ``generateAlardLuptonBasisList``.  All basis code is host float64 numpy, so the tests are the same under
-``--float32``.  The pure functions take plain keyword arguments; the ``*_from_config`` adapters are
-checked against them.
+``--float32``.  The pure functions take plain keyword arguments; the shell's ``*_from_config`` adapters
+(:mod:`jaxdiff.tasks._basis_config`) are checked against them.
 """
 
 import types
@@ -18,18 +18,20 @@ from jaxdiff.core.kernel_basis import (
     BasisParams,
     alard_lupton_basis,
     alard_lupton_basis_params,
-    alard_lupton_basis_params_from_config,
     alard_lupton_n_terms,
     alard_lupton_separable,
     delta_function_basis,
     make_basis,
-    make_kernel_basis_list,
     pca_kernel_basis,
-    regularization_lambda,
     regularization_matrix,
-    regularization_matrix_from_config,
     regularization_strength,
     renormalize_kernel_list,
+)
+from jaxdiff.tasks._basis_config import (
+    alard_lupton_basis_params_from_config,
+    make_kernel_basis_list,
+    regularization_lambda,
+    regularization_matrix_from_config,
 )
 from jaxdiff.tasks.config import PsfMatchConfigAL, PsfMatchConfigDF
 

@@ -149,23 +149,33 @@ def _prepare(image, x_src, y_src):
     return image, x_src.astype(dt), y_src.astype(dt)
 
 
-def _gather_loop(image, x_src, y_src, kernel, combine):
-    """Loop over the (2n)^2 taps (static, small), gathering one source value per output pixel.
+def _gather_loop(image, x_src, y_src, kernel, combine, init):
+    """Accumulate over the ``(2n)^2`` taps, gathering one source value per output pixel and tap.
 
-    ``combine(acc, values, wy_j, wx_k)`` accumulates; values are ``image[iy, ix]`` with clipped
-    indices (taps outside the image never have weight where :func:`support_mask` is True).
+    ``combine(acc, values, wy_j, wx_k)`` accumulates, starting from ``init`` (its identity: 0 for
+    sums and ORs); values are ``image[iy, ix]`` with clipped indices (taps outside the image never
+    have weight where :func:`support_mask` is True).  The ``2n`` rows of taps run as a
+    ``lax.scan`` (the ``2n`` columns of a row unrolled), so the program stays small: compile
+    time does not grow with the square of the kernel width.  Taps are accumulated in the same
+    order as two nested loops over rows and columns.
     """
     h, w = image.shape
     flat = image.reshape(-1)
     iy0, wy = _axis_taps(y_src, kernel)
     ix0, wx = _axis_taps(x_src, kernel)
     n2 = wy.shape[-1]
-    acc = None
-    for j in range(n2):
+    cols = [jnp.clip(ix0 + k, 0, w - 1) for k in range(n2)]
+
+    def row_step(acc, j_wyj):
+        j, wyj = j_wyj
         row = jnp.clip(iy0 + j, 0, h - 1) * w
         for k in range(n2):
-            col = jnp.clip(ix0 + k, 0, w - 1)
-            acc = combine(acc, flat[row + col], wy[..., j], wx[..., k])
+            acc = combine(acc, flat[row + cols[k]], wyj, wx[..., k])
+        return acc, None
+
+    acc0 = jnp.broadcast_to(init, x_src.shape)
+    rows = (jnp.arange(n2, dtype=jnp.int32), jnp.moveaxis(wy, -1, 0))
+    acc, _ = jax.lax.scan(row_step, acc0, rows)
     return acc
 
 
@@ -174,10 +184,10 @@ def _resample(image, x_src, y_src, kernel):
     kernel_half_width(kernel)
 
     def combine(acc, v, wyj, wxk):
-        term = (wyj * wxk) * v
-        return term if acc is None else acc + term
+        return acc + (wyj * wxk) * v
 
-    return _gather_loop(image, x_src, y_src, kernel, combine)
+    zero = jnp.zeros((), jnp.result_type(image.dtype, x_src.dtype))
+    return _gather_loop(image, x_src, y_src, kernel, combine, zero)
 
 
 def _resample_variance(variance, x_src, y_src, kernel):
@@ -185,10 +195,10 @@ def _resample_variance(variance, x_src, y_src, kernel):
     kernel_half_width(kernel)
 
     def combine(acc, v, wyj, wxk):
-        term = jnp.square(wyj * wxk) * v
-        return term if acc is None else acc + term
+        return acc + jnp.square(wyj * wxk) * v
 
-    return _gather_loop(variance, x_src, y_src, kernel, combine)
+    zero = jnp.zeros((), jnp.result_type(variance.dtype, x_src.dtype))
+    return _gather_loop(variance, x_src, y_src, kernel, combine, zero)
 
 
 def _resample_mask(mask, x_src, y_src, kernel):
@@ -199,10 +209,9 @@ def _resample_mask(mask, x_src, y_src, kernel):
     kernel_half_width(kernel)
 
     def combine(acc, v, wyj, wxk):
-        term = jnp.where(jnp.abs(wyj * wxk) > _EDGE_TOL, v, jnp.zeros((), mask.dtype))
-        return term if acc is None else acc | term
+        return acc | jnp.where(jnp.abs(wyj * wxk) > _EDGE_TOL, v, jnp.zeros((), mask.dtype))
 
-    return _gather_loop(mask, x_src, y_src, kernel, combine)
+    return _gather_loop(mask, x_src, y_src, kernel, combine, jnp.zeros((), mask.dtype))
 
 
 def _support_mask(shape, x_src, y_src, kernel):

@@ -53,16 +53,8 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from . import image as _image_module
-from .image import (
-    DEFAULT_MASK_PLANES,
-    MASK_DTYPE,
-    Exposure,
-    FilterLabel,
-    Image,
-    Mask,
-    MaskedImage,
-    PhotoCalib,
-)
+from .calib import FilterLabel, PhotoCalib
+from .image import DEFAULT_MASK_PLANES, MASK_DTYPE, Exposure, Image, Mask, MaskedImage
 from .psf import GaussianPsf, GridPsf, ImagePsf, MoffatPsf
 
 __all__ = ["exposureFromFits", "readExposure", "readImageArray", "writeExposure"]

@@ -1,4 +1,4 @@
-"""Image model in LSST's vocabulary: Image, Mask, MaskedImage, Exposure, PhotoCalib, Box2I.
+"""Image containers in LSST's vocabulary: Image, Mask, MaskedImage, Exposure.
 
 The containers mirror ``lsst.afw.image`` closely enough that LSST users can write the names they
 know (``exposure.getMaskedImage().getVariance().getArray()``), while the arrays inside are ordinary
@@ -6,22 +6,30 @@ numpy or JAX arrays and every container is a registered JAX pytree: the arrays a
 (origin, mask-plane dictionary, WCS, PhotoCalib, filter, metadata) is static auxiliary data. So an
 ``Exposure`` can be passed straight through ``jax.jit`` and ``jax.vmap``.
 
-Conventions (as in afw, see ``lsst.afw.image`` ``ImageBase`` and ``lsst.geom.Box2I``):
-
-* arrays are indexed ``[y, x]``; an image of width W and height H has shape ``(H, W)``;
-* ``xy0 = (x0, y0)`` is the PARENT position of array element ``[0, 0]``; a pixel's integer
-  position is its centre;
-* ``Box2I`` is inclusive: ``width = maxX - minX + 1``.
+Conventions (as in afw, see ``lsst.afw.image`` ``ImageBase``): arrays are indexed ``[y, x]``; an
+image of width W and height H has shape ``(H, W)``; ``xy0`` and the inclusive :class:`Box2I` are
+described in :mod:`jaxdiff.image.geometry`.
 
 Arrays are stored as given (numpy arrays stay numpy and can be edited in place, as in afw; JAX
 arrays stay JAX arrays).  Accessors return the stored arrays, which ``numpy.asarray`` accepts.
+
+The geometry (:class:`Box2I`), calibration (:class:`PhotoCalib`, :class:`FilterLabel`) and the
+static-data wrapper live in :mod:`~jaxdiff.image.geometry`, :mod:`~jaxdiff.image.calib` and
+:mod:`~jaxdiff.image._static`; they are re-exported here, so ``from jaxdiff.image.image import
+Box2I`` (and pickles naming this module) keep working.
 """
 
 import copy as _copy
-import hashlib
 
 import jax
 import numpy as np
+
+from ._static import _Static as _Static
+from ._static import _static_key as _static_key
+from .calib import FilterLabel as FilterLabel
+from .calib import PhotoCalib as PhotoCalib
+from .geometry import Box2I as Box2I
+from .geometry import _xy0 as _xy0
 
 __all__ = [
     "Box2I",
@@ -89,214 +97,6 @@ def _check_float(arr, what):
             f"convert it first, e.g. numpy.asarray(x, dtype=numpy.float32)"
         )
         raise TypeError(msg)
-
-
-def _xy0(xy0):
-    if xy0 is None:
-        return (0, 0)
-    if hasattr(xy0, "getX"):
-        xy0 = (xy0.getX(), xy0.getY())
-    x0, y0 = xy0
-    if int(x0) != x0 or int(y0) != y0:
-        raise ValueError(f"xy0 must be integers, got {xy0}")
-    return (int(x0), int(y0))
-
-
-class _Static:
-    """Hashable, comparable wrapper for static pytree auxiliary data (WCS, headers, ...).
-
-    JAX compares static data with ``==`` and hashes it to look up compiled functions.  astropy
-    objects are not hashable by value, so this wrapper keys them by a canonical string.
-    """
-
-    __slots__ = ("value", "_key")
-
-    def __init__(self, value):
-        self.value = value
-        self._key = _static_key(value)
-
-    def __hash__(self):
-        return hash(self._key)
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and self._key == other._key
-
-
-def _static_key(value):
-    if value is None:
-        return None
-    if hasattr(value, "to_header_string"):  # astropy WCS
-        text = value.to_header_string(relax=True)
-        return ("wcs", hashlib.sha1(text.encode()).hexdigest())
-    if hasattr(value, "tostring") and hasattr(value, "cards"):  # astropy Header
-        return ("header", hashlib.sha1(value.tostring().encode()).hexdigest())
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted((str(k), repr(v)) for k, v in value.items())))
-    try:
-        hash(value)
-        return ("value", value)
-    except TypeError:
-        return ("repr", repr(value))
-
-
-# ----------------------------------------------------------------------------------------------
-# Geometry
-# ----------------------------------------------------------------------------------------------
-
-
-class Box2I:
-    """Inclusive integer pixel box, as ``lsst.geom.Box2I``.
-
-    Parameters
-    ----------
-    minimum : tuple of int
-        ``(minX, minY)``.
-    dimensions : tuple of int
-        ``(width, height)``.
-    """
-
-    __slots__ = ("minX", "minY", "width", "height")
-
-    def __init__(self, minimum=(0, 0), dimensions=(0, 0)):
-        self.minX, self.minY = (int(v) for v in _xy0(minimum))
-        w, h = dimensions
-        if w < 0 or h < 0:
-            raise ValueError(f"box dimensions must be non-negative, got {dimensions}")
-        self.width, self.height = int(w), int(h)
-
-    @classmethod
-    def fromMinMax(cls, minimum, maximum):
-        """Box from inclusive corners ``(minX, minY)`` and ``(maxX, maxY)``."""
-        return cls(minimum, (maximum[0] - minimum[0] + 1, maximum[1] - minimum[1] + 1))
-
-    @property
-    def maxX(self):
-        """Largest x inside the box (inclusive), ``minX + width - 1``."""
-        return self.minX + self.width - 1
-
-    @property
-    def maxY(self):
-        """Largest y inside the box (inclusive), ``minY + height - 1``."""
-        return self.minY + self.height - 1
-
-    def getMinX(self):
-        """Return the smallest x inside the box."""
-        return self.minX
-
-    def getMinY(self):
-        """Return the smallest y inside the box."""
-        return self.minY
-
-    def getMaxX(self):
-        """Return the largest x inside the box (inclusive)."""
-        return self.maxX
-
-    def getMaxY(self):
-        """Return the largest y inside the box (inclusive)."""
-        return self.maxY
-
-    def getBeginX(self):
-        """Return the first x of the box, as ``getMinX``."""
-        return self.minX
-
-    def getBeginY(self):
-        """Return the first y of the box, as ``getMinY``."""
-        return self.minY
-
-    def getEndX(self):
-        """Return one past the largest x (exclusive end)."""
-        return self.minX + self.width
-
-    def getEndY(self):
-        """Return one past the largest y (exclusive end)."""
-        return self.minY + self.height
-
-    def getMin(self):
-        """Return the inclusive lower corner ``(minX, minY)``."""
-        return (self.minX, self.minY)
-
-    def getMax(self):
-        """Return the inclusive upper corner ``(maxX, maxY)``."""
-        return (self.maxX, self.maxY)
-
-    def getWidth(self):
-        """Return the width in pixels."""
-        return self.width
-
-    def getHeight(self):
-        """Return the height in pixels."""
-        return self.height
-
-    def getDimensions(self):
-        """Return ``(width, height)``."""
-        return (self.width, self.height)
-
-    def getArea(self):
-        """Return the number of pixels, ``width * height``."""
-        return self.width * self.height
-
-    def isEmpty(self):
-        """Return True if the box has no pixels."""
-        return self.width == 0 or self.height == 0
-
-    def getCenter(self):
-        """Centre as floats, ``((minX + maxX)/2, (minY + maxY)/2)``."""
-        return (0.5 * (self.minX + self.maxX), 0.5 * (self.minY + self.maxY))
-
-    def contains(self, other):
-        """Return True if a point ``(x, y)`` or another box lies inside this box."""
-        if isinstance(other, Box2I):
-            return (
-                other.minX >= self.minX
-                and other.minY >= self.minY
-                and other.maxX <= self.maxX
-                and other.maxY <= self.maxY
-            )
-        x, y = other
-        return self.minX <= x <= self.maxX and self.minY <= y <= self.maxY
-
-    def overlaps(self, other):
-        """Return True if this box and ``other`` share at least one pixel."""
-        return not (
-            other.maxX < self.minX
-            or other.minX > self.maxX
-            or other.maxY < self.minY
-            or other.minY > self.maxY
-        )
-
-    def clippedTo(self, other):
-        """Return the intersection with ``other`` (an empty box if they do not overlap)."""
-        x0, y0 = max(self.minX, other.minX), max(self.minY, other.minY)
-        x1, y1 = min(self.maxX, other.maxX), min(self.maxY, other.maxY)
-        if x1 < x0 or y1 < y0:
-            return Box2I((x0, y0), (0, 0))
-        return Box2I.fromMinMax((x0, y0), (x1, y1))
-
-    def grow(self, n):
-        """Return a box grown by ``n`` pixels on every side (negative shrinks)."""
-        return Box2I((self.minX - n, self.minY - n), (self.width + 2 * n, self.height + 2 * n))
-
-    def slices(self, xy0=(0, 0)):
-        """Array slices ``(rows, cols)`` of this box in an array whose origin is ``xy0``."""
-        x0, y0 = xy0
-        return (
-            slice(self.minY - y0, self.minY - y0 + self.height),
-            slice(self.minX - x0, self.minX - x0 + self.width),
-        )
-
-    def __eq__(self, other):
-        return isinstance(other, Box2I) and (
-            self.minX,
-            self.minY,
-            self.width,
-            self.height,
-        ) == (other.minX, other.minY, other.width, other.height)
-
-    def __hash__(self):
-        return hash((self.minX, self.minY, self.width, self.height))
-
-    def __repr__(self):
-        return f"Box2I(minimum=({self.minX}, {self.minY}), dimensions=({self.width}, {self.height}))"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -792,85 +592,6 @@ class MaskedImage:
 
     def __repr__(self):
         return f"MaskedImage(shape={self.shape}, dtype={self.dtype}, xy0={self.getXY0()})"
-
-
-# ----------------------------------------------------------------------------------------------
-# PhotoCalib, FilterLabel
-# ----------------------------------------------------------------------------------------------
-
-
-class PhotoCalib:
-    """Constant photometric calibration, like ``lsst.afw.image.PhotoCalib``.
-
-    Parameters
-    ----------
-    calibrationMean : float
-        nJy per count (instrumental flux unit).  ``PhotoCalib(1.0)`` is the identity.
-    calibrationErr : float, optional
-        Uncertainty of ``calibrationMean``.
-    """
-
-    __slots__ = ("_mean", "_err")
-
-    def __init__(self, calibrationMean=1.0, calibrationErr=0.0):
-        mean = float(calibrationMean)
-        if not np.isfinite(mean) or mean <= 0:
-            raise ValueError(f"calibrationMean must be a positive finite number, got {calibrationMean}")
-        self._mean, self._err = mean, float(calibrationErr)
-
-    def getCalibrationMean(self):
-        """Return the calibration mean (nJy per count)."""
-        return self._mean
-
-    def getCalibrationErr(self):
-        """Return the uncertainty of the calibration mean."""
-        return self._err
-
-    def instFluxToNanojansky(self, instFlux):
-        """Convert an instrumental flux (counts) to nJy."""
-        return instFlux * self._mean
-
-    def calibrateImage(self, maskedImage):
-        """Return ``maskedImage`` in nJy: image × mean, variance × mean², mask unchanged."""
-        return maskedImage * self._mean
-
-    def __eq__(self, other):
-        return isinstance(other, PhotoCalib) and (self._mean, self._err) == (other._mean, other._err)
-
-    def __hash__(self):
-        return hash((self._mean, self._err))
-
-    def __repr__(self):
-        return f"PhotoCalib(calibrationMean={self._mean!r}, calibrationErr={self._err!r})"
-
-
-class FilterLabel:
-    """Band and physical filter names, like ``lsst.afw.image.FilterLabel``."""
-
-    __slots__ = ("band", "physicalLabel")
-
-    def __init__(self, band=None, physical=None):
-        self.band, self.physicalLabel = band, physical
-
-    def hasBandLabel(self):
-        """Return True if a band name is set."""
-        return self.band is not None
-
-    def hasPhysicalLabel(self):
-        """Return True if a physical filter name is set."""
-        return self.physicalLabel is not None
-
-    def __eq__(self, other):
-        return isinstance(other, FilterLabel) and (self.band, self.physicalLabel) == (
-            other.band,
-            other.physicalLabel,
-        )
-
-    def __hash__(self):
-        return hash((self.band, self.physicalLabel))
-
-    def __repr__(self):
-        return f"FilterLabel(band={self.band!r}, physical={self.physicalLabel!r})"
 
 
 # ----------------------------------------------------------------------------------------------

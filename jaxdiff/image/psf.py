@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .image import Box2I, Image
+from .geometry import Box2I
+from .image import Image
 
 __all__ = [
     "FWHM_PER_SIGMA",

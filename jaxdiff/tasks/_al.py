@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ import numpy as np
 from ..core import kernel_fit as kf
 from ..core.spatial import SpatialRange, n_spatial_terms, spatial_basis
 from ..core.stats import clipped_stats
-from ..image.image import Box2I
+from ..image.geometry import Box2I
 from .errors import InsufficientKernelSourcesError, NoKernelCandidatesError, PsfMatchingError
 
 __all__ = [
@@ -634,7 +635,7 @@ def _regularization(kConfig, width):
     """``(L, lambda, relative)`` (``H = L^T L``) for delta-function bases with regularisation, else ``(None, 0, False)``."""
     if kConfig.kernelBasisSet != "delta-function" or not getattr(kConfig, "useRegularization", False):
         return None, 0.0, False
-    from ..core.kernel_basis import regularization_matrix_from_config
+    from ._basis_config import regularization_matrix_from_config
 
     h = kf.regularization_root(regularization_matrix_from_config(kConfig, width, bool(kConfig.fitForBackground)))
     if kConfig.lambdaType == "absolute":
@@ -647,22 +648,60 @@ def _regularization(kConfig, width):
     )
 
 
-def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable, kConfig, log, dtype):
-    """LSST's ``PsfMatchTask._solve`` loop over precomputed single-stamp fits.
+@dataclass
+class _Candidates:
+    """The candidates of one solve: stamps, positions, ratings, cells and the clipping state.
+
+    ``isBad`` and ``initialized`` (visited by the single-kernel pass) are updated in place by the
+    clipping stages, together with the statuses of the records in ``cellSet``.
+    """
+
+    stamps: StampSet
+    xs: np.ndarray
+    ys: np.ndarray
+    ratings: np.ndarray
+    cells: np.ndarray
+    cellSet: KernelCellSet
+    isBad: np.ndarray
+    initialized: np.ndarray
+
+
+class _SpatialModel(NamedTuple):
+    """The spatial variation of the kernel and background (from the config and the image bbox)."""
+
+    order: int
+    bg_order: int
+    model: str
+    xy_range: SpatialRange
+    centre: tuple
+    use_pca: bool
+    constant_first: bool
+    n_terms: int
+
+
+class _SpatialSolution(NamedTuple):
+    """The outcome of the clipping loop: the spatial solution, its basis and the iteration count."""
+
+    solution: kf.SpatialSolution
+    basis: np.ndarray
+    separable: object
+    n_iterations: int
+
+
+def _build_candidates(templateMI, scienceMI, candidates, kConfig, dtype):
+    """Cut, rate and place every candidate stamp; candidates with a non-finite rating start BAD.
 
     Parameters
     ----------
     templateMI, scienceMI : MaskedImage
         Image to convolve and image matched to (same bbox).
     candidates : list of (source, Box2I)
-    basisImages : array (n_basis, w, w); separable : SeparableBasis or None
     kConfig : PsfMatchConfig
-    log : logger
-    dtype : floating dtype of the computation
+    dtype : floating dtype of the stamps
 
     Returns
     -------
-    SolveResult
+    _Candidates
     """
     from ._exposure import mask_bits
 
@@ -688,196 +727,320 @@ def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable
     for i, ((src, box), r, c) in enumerate(zip(candidates, ratings, cells, strict=False)):
         cid = src.getId() if hasattr(src, "getId") else i + 1
         cellSet.candidates.append(KernelCandidate(int(cid), xs[i], ys[i], box, int(c), float(r)))
-
-    width = basisImages.shape[-1]
-    basis = kf.make_fit_basis(basisImages, separable, dtype=dtype)
-    reg, lam, relative = _regularization(kConfig, width)
-    orig = fit_all(stamps, basis, kConfig, reg, lam, relative)
-    for c, k, b, m, r in zip(cellSet.candidates, orig.ksum, orig.background, orig.mean, orig.rms, strict=False):
-        c.kernelSum, c.background, c.residualMean, c.residualRms = float(k), float(b), float(m), float(r)
-
-    n = len(candidates)
     isBad = ~np.isfinite(ratings)
     for i in np.nonzero(isBad)[0]:
         cellSet.candidates[i].status = BAD
         cellSet.candidates[i].reason = "non-finite rating (masked or zero-variance core)"
-    initialized = np.zeros(n, bool)
-    nPerCell = int(kConfig.nStarPerCell)
-    meanMax, stdMax = float(kConfig.candidateResidualMeanMax), float(kConfig.candidateResidualStdMax)
+    return _Candidates(stamps, xs, ys, ratings, cells, cellSet, isBad, np.zeros(len(candidates), bool))
 
-    def reject(i, why):
-        isBad[i] = True
-        cellSet.candidates[i].status = BAD
-        cellSet.candidates[i].reason = why
 
-    def judge(i, mean, rms, status, clipping, what):
-        """Single-kernel / spatial visitor verdict for candidate i; True if rejected.
+def _fit_single_kernels(cands, basisImages, separable, kConfig, dtype):
+    """Fit every stamp with the full basis (regularised if configured) and record the fits on the candidates.
 
-        A singular stamp system is not a failure (LSST solves it with the pseudo-inverse and judges
-        the residuals); non-positive variances, non-finite values and (with checkConditionNumber)
-        ill-conditioning are.
-        """
-        status = status & ~kf.STATUS_SINGULAR
-        if status:
-            reject(i, f"{what}: {_status_text(status)}")
-            return True
-        if not (np.isfinite(mean) and np.isfinite(rms)):
-            reject(i, f"{what}: non-finite residual statistics")
-            return True
-        if clipping and abs(mean) > meanMax:
-            reject(i, f"{what}: |residual mean| {abs(mean):.3g} > candidateResidualMeanMax {meanMax}")
-            return True
-        if clipping and rms > stdMax:
-            reject(i, f"{what}: residual rms {rms:.3g} > candidateResidualStdMax {stdMax}")
-            return True
-        cellSet.candidates[i].status = GOOD
-        return False
+    Parameters
+    ----------
+    cands : _Candidates
+    basisImages : array (n_basis, w, w); separable : SeparableBasis or None
+    kConfig : PsfMatchConfig
+    dtype : floating dtype of the computation
 
-    def single_pass():
-        while True:
-            chosen = select_per_cell(cells, ratings, isBad, nPerCell)
-            new = chosen & ~initialized
-            initialized[new] = True
-            nrej = 0
-            for i in np.nonzero(new)[0]:
-                nrej += judge(i, orig.mean[i], orig.rms[i], int(orig.status[i]), bool(kConfig.singleKernelClipping),
-                              "single kernel")
-            if nrej == 0:
-                return select_per_cell(cells, ratings, isBad, nPerCell)
+    Returns
+    -------
+    SingleFits
+    """
+    width = basisImages.shape[-1]
+    basis = kf.make_fit_basis(basisImages, separable, dtype=dtype)
+    reg, lam, relative = _regularization(kConfig, width)
+    fits = fit_all(cands.stamps, basis, kConfig, reg, lam, relative)
+    for c, k, b, m, r in zip(cands.cellSet.candidates, fits.ksum, fits.background, fits.mean, fits.rms, strict=False):
+        c.kernelSum, c.background, c.residualMean, c.residualRms = float(k), float(b), float(m), float(r)
+    return fits
 
+
+def _spatial_model(kConfig, bbox):
+    """Return the `_SpatialModel` of the config over ``bbox`` (the range spans the pixel edges)."""
     order = int(kConfig.spatialKernelOrder)
-    bgOrder = int(kConfig.spatialBgOrder) if kConfig.fitForBackground else 0
-    model = kConfig.spatialModelType
-    xyRange = SpatialRange(bbox.getMinX() - 0.5, bbox.getMinY() - 0.5, bbox.getMaxX() + 0.5, bbox.getMaxY() + 0.5)
     usePca = bool(kConfig.usePcaForSpatialKernel)
-    constantFirst = kConfig.kernelBasisSet == "alard-lupton" or usePca
-    nKt = n_spatial_terms(order)
+    return _SpatialModel(
+        order=order,
+        bg_order=int(kConfig.spatialBgOrder) if kConfig.fitForBackground else 0,
+        model=kConfig.spatialModelType,
+        xy_range=SpatialRange(bbox.getMinX() - 0.5, bbox.getMinY() - 0.5, bbox.getMaxX() + 0.5, bbox.getMaxY() + 0.5),
+        centre=bbox.getCenter(),
+        use_pca=usePca,
+        constant_first=kConfig.kernelBasisSet == "alard-lupton" or usePca,
+        n_terms=n_spatial_terms(order),
+    )
 
-    def spatial_fit(chosen, fits, spBasis):
-        nUsed = int(chosen.sum())
-        if nUsed == 0:
-            raise NoKernelCandidatesError("No kernel candidates for spatial fit: every candidate was rejected.")
-        if nUsed < nKt:
-            raise InsufficientKernelSourcesError(
-                f"Cannot compute PSF matching kernel: too few sources selected ({nUsed} usable candidates for a "
-                f"spatial kernel of order {order}, which has {nKt} terms per basis). Lower spatialKernelOrder, "
-                "lower the detection threshold, or supply more candidates.",
-                metadata={"nSources": nUsed, "nRequired": nKt},
-            )
-        for c, u in zip(cellSet.candidates, chosen, strict=False):
-            c.usedInSpatialFit = bool(u)
-        use = np.nonzero(chosen)[0]  # only the visited candidates enter (padded to a bucket)
-        nbk = _bucket(use.size)
-        sol = kf.solve_spatial(
-            jnp.asarray(_pad(fits.factors[use], nbk), dtype), jnp.asarray(_pad(fits.rhs[use], nbk), dtype),
-            jnp.asarray(_pad(xs[use], nbk), dtype), jnp.asarray(_pad(ys[use], nbk), dtype),
-            jnp.asarray(_pad(np.ones(use.size, bool), nbk, False)),
-            n_basis=spBasis.shape[0], kernel_order=order, bg_order=bgOrder, fit_background=bool(kConfig.fitForBackground),
-            constant_first_term=constantFirst, model=model, xy_range=xyRange,
+
+def _reject(cands, i, why):
+    """Mark candidate ``i`` BAD with the reason ``why``."""
+    cands.isBad[i] = True
+    cands.cellSet.candidates[i].status = BAD
+    cands.cellSet.candidates[i].reason = why
+
+
+def _judge(cands, kConfig, i, mean, rms, status, clipping, what):
+    """Single-kernel / spatial visitor verdict for candidate ``i``: mark it GOOD or BAD.
+
+    A singular stamp system is not a failure (LSST solves it with the pseudo-inverse and judges
+    the residuals); non-positive variances, non-finite values and (with checkConditionNumber)
+    ill-conditioning are.
+
+    Returns
+    -------
+    bool
+        True if the candidate was rejected.
+    """
+    meanMax, stdMax = float(kConfig.candidateResidualMeanMax), float(kConfig.candidateResidualStdMax)
+    status = status & ~kf.STATUS_SINGULAR
+    if status:
+        _reject(cands, i, f"{what}: {_status_text(status)}")
+        return True
+    if not (np.isfinite(mean) and np.isfinite(rms)):
+        _reject(cands, i, f"{what}: non-finite residual statistics")
+        return True
+    if clipping and abs(mean) > meanMax:
+        _reject(cands, i, f"{what}: |residual mean| {abs(mean):.3g} > candidateResidualMeanMax {meanMax}")
+        return True
+    if clipping and rms > stdMax:
+        _reject(cands, i, f"{what}: residual rms {rms:.3g} > candidateResidualStdMax {stdMax}")
+        return True
+    cands.cellSet.candidates[i].status = GOOD
+    return False
+
+
+def _judge_fits(cands, indices, fits, kConfig, what):
+    """Judge the single-stamp ``fits`` of the candidates ``indices``; return the number rejected."""
+    nrej = 0
+    for i in indices:
+        nrej += _judge(cands, kConfig, i, fits.mean[i], fits.rms[i], int(fits.status[i]),
+                       bool(kConfig.singleKernelClipping), what)
+    return nrej
+
+
+def _single_kernel_pass(cands, fits, kConfig):
+    """Visit the first ``nStarPerCell`` non-BAD candidates of every cell until a pass rejects none.
+
+    Each candidate is judged on its single-kernel fit the first time it is visited.
+
+    Returns
+    -------
+    ndarray of bool
+        The candidates chosen for the kernel-sum and spatial stages.
+    """
+    nPerCell = int(kConfig.nStarPerCell)
+    while True:
+        chosen = select_per_cell(cands.cells, cands.ratings, cands.isBad, nPerCell)
+        new = chosen & ~cands.initialized
+        cands.initialized[new] = True
+        if _judge_fits(cands, np.nonzero(new)[0], fits, kConfig, "single kernel") == 0:
+            return select_per_cell(cands.cells, cands.ratings, cands.isBad, nPerCell)
+
+
+def _clip_kernel_sums(cands, fits, chosen, kConfig, log):
+    """Kernel-sum clipping (ip_diffim ``KernelSumVisitor``) over the chosen candidates.
+
+    Returns
+    -------
+    int
+        The number of candidates rejected (always 0 without ``kernelSumClipping``).
+    """
+    sums = fits.ksum[chosen]
+    if sums.size == 0:
+        raise NoKernelCandidatesError(
+            "No kernel candidates survived the single-kernel fits: every stamp was masked, singular or failed "
+            "the residual limits (candidateResidualMeanMax/StdMax). Check badMaskPlanes and the inputs."
         )
-        sol = jax.device_get(sol)
-        if sol.status & kf.STATUS_SINGULAR:
-            log.warning("The spatial kernel system is singular (condition number %.3g); the minimum-norm "
-                        "pseudo-inverse solution is used", float(sol.condition))
-        kcoeffs = np.asarray(sol.kernel_coeffs, np.float64)
-        centreSum = float(np.asarray(spBasis, np.float64).reshape(spBasis.shape[0], -1).sum(axis=1)
-                           @ kcoeffs @ np.asarray(spatial_basis(np.float64(bbox.getCenter()[0]),
-                                                                np.float64(bbox.getCenter()[1]), order, model=model,
-                                                                xy_range=xyRange), np.float64))
-        if sol.status & kf.STATUS_NONFINITE or not np.isfinite(centreSum) or centreSum <= 0:
-            raise PsfMatchingError(
-                f"The spatial kernel solution is unusable ({_status_text(int(sol.status))}; kernel sum {centreSum:.3g} "
-                f"at the image centre from {nUsed} candidates, condition number {float(sol.condition):.3g}). Check that "
-                "the candidate stamps contain sources in both images, reduce spatialKernelOrder/spatialBgOrder or "
-                "supply more candidates spread over the image.",
-                metadata={"spatialConditionNum": float(sol.condition), "nCandidates": nUsed},
-            )
-        if float(sol.condition) > float(kConfig.maxSpatialConditionNumber):
-            log.warning("Spatial kernel condition number %.3g exceeds maxSpatialConditionNumber %.3g",
-                        float(sol.condition), float(kConfig.maxSpatialConditionNumber))
-        return sol
+    if sums.size == 1:
+        kmean, kstd = float(sums[0]), 0.0
+    else:
+        st = clipped_stats(jnp.asarray(sums, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
+        kmean, kstd = float(st.mean), float(np.sqrt(st.variance))
+    if not np.isfinite(kmean) or not np.isfinite(kstd):
+        raise PsfMatchingError("The kernel-sum distribution of the candidates is not finite.")
+    nrej = 0
+    if kConfig.kernelSumClipping:
+        dmax = float(kConfig.maxKsumSigma) * kstd
+        for i in np.nonzero(chosen)[0]:
+            if abs(fits.ksum[i] - kmean) > dmax:
+                _reject(cands, i, f"kernel sum {fits.ksum[i]:.4g} more than maxKsumSigma from the mean {kmean:.4g}")
+                nrej += 1
+    log.debug("Kernel sums: mean %.5g, std %.3g, %d rejected", kmean, kstd, nrej)
+    return nrej
 
+
+def _pca_refit(cands, fits, chosen, kConfig, dtype):
+    """PCA basis of the chosen candidates' normalised kernels, and every stamp refitted with it.
+
+    Returns
+    -------
+    basis : ndarray (n_components, w, w)
+    fits : SingleFits
+    """
+    from ..core.kernel_basis import pca_kernel_basis
+
+    kimgs = fits.kernels[chosen] / fits.ksum[chosen][:, None, None]
+    basis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),
+                                        subtract_mean=bool(kConfig.subtractMeanForPca)))
+    return basis, fit_all(cands.stamps, kf.make_fit_basis(basis, dtype=dtype), kConfig)
+
+
+def _fit_spatial(cands, chosen, fits, spBasis, spatial, kConfig, log, dtype):
+    """Solve the spatial kernel and background from the chosen candidates' stamp systems.
+
+    Raises
+    ------
+    NoKernelCandidatesError, InsufficientKernelSourcesError
+        No candidates, or fewer than the spatial terms per basis.
+    PsfMatchingError
+        A non-finite solution or a non-positive kernel sum at the image centre.
+
+    Returns
+    -------
+    kf.SpatialSolution
+        On the host.
+    """
+    nUsed = int(chosen.sum())
+    if nUsed == 0:
+        raise NoKernelCandidatesError("No kernel candidates for spatial fit: every candidate was rejected.")
+    if nUsed < spatial.n_terms:
+        raise InsufficientKernelSourcesError(
+            f"Cannot compute PSF matching kernel: too few sources selected ({nUsed} usable candidates for a "
+            f"spatial kernel of order {spatial.order}, which has {spatial.n_terms} terms per basis). Lower "
+            "spatialKernelOrder, lower the detection threshold, or supply more candidates.",
+            metadata={"nSources": nUsed, "nRequired": spatial.n_terms},
+        )
+    for c, u in zip(cands.cellSet.candidates, chosen, strict=False):
+        c.usedInSpatialFit = bool(u)
+    use = np.nonzero(chosen)[0]  # only the visited candidates enter (padded to a bucket)
+    nbk = _bucket(use.size)
+    sol = kf.solve_spatial(
+        jnp.asarray(_pad(fits.factors[use], nbk), dtype), jnp.asarray(_pad(fits.rhs[use], nbk), dtype),
+        jnp.asarray(_pad(cands.xs[use], nbk), dtype), jnp.asarray(_pad(cands.ys[use], nbk), dtype),
+        jnp.asarray(_pad(np.ones(use.size, bool), nbk, False)),
+        n_basis=spBasis.shape[0], kernel_order=spatial.order, bg_order=spatial.bg_order,
+        fit_background=bool(kConfig.fitForBackground), constant_first_term=spatial.constant_first,
+        model=spatial.model, xy_range=spatial.xy_range,
+    )
+    sol = jax.device_get(sol)
+    if sol.status & kf.STATUS_SINGULAR:
+        log.warning("The spatial kernel system is singular (condition number %.3g); the minimum-norm "
+                    "pseudo-inverse solution is used", float(sol.condition))
+    kcoeffs = np.asarray(sol.kernel_coeffs, np.float64)
+    phiCentre = spatial_basis(np.float64(spatial.centre[0]), np.float64(spatial.centre[1]), spatial.order,
+                              model=spatial.model, xy_range=spatial.xy_range)
+    centreSum = float(np.asarray(spBasis, np.float64).reshape(spBasis.shape[0], -1).sum(axis=1)
+                      @ kcoeffs @ np.asarray(phiCentre, np.float64))
+    if sol.status & kf.STATUS_NONFINITE or not np.isfinite(centreSum) or centreSum <= 0:
+        raise PsfMatchingError(
+            f"The spatial kernel solution is unusable ({_status_text(int(sol.status))}; kernel sum {centreSum:.3g} "
+            f"at the image centre from {nUsed} candidates, condition number {float(sol.condition):.3g}). Check that "
+            "the candidate stamps contain sources in both images, reduce spatialKernelOrder/spatialBgOrder or "
+            "supply more candidates spread over the image.",
+            metadata={"spatialConditionNum": float(sol.condition), "nCandidates": nUsed},
+        )
+    if float(sol.condition) > float(kConfig.maxSpatialConditionNumber):
+        log.warning("Spatial kernel condition number %.3g exceeds maxSpatialConditionNumber %.3g",
+                    float(sol.condition), float(kConfig.maxSpatialConditionNumber))
+    return sol
+
+
+def _assess_spatial(cands, chosen, sol, spBasis, spatial, kConfig, log, iteration):
+    """Judge the chosen candidates' residuals under the spatial model (LSST's spatial assessment).
+
+    Returns
+    -------
+    bool
+        True if no candidate was rejected (the loop has converged).
+    """
+    mean, rms = spatial_stats(cands.stamps, spBasis, sol.kernel_coeffs, sol.background_coeffs, cands.xs, cands.ys,
+                              kConfig, spatial.order, spatial.bg_order, spatial.model, spatial.xy_range)
+    nGood = nRej = 0
+    for i in np.nonzero(chosen)[0]:
+        c = cands.cellSet.candidates[i]
+        c.spatialResidualMean, c.spatialResidualRms = float(mean[i]), float(rms[i])
+        if _judge(cands, kConfig, i, mean[i], rms[i], 0, bool(kConfig.spatialKernelClipping), "spatial kernel"):
+            nRej += 1
+        else:
+            nGood += 1
+    log.debug("Spatial iteration %d: %d good, %d rejected", iteration, nGood, nRej)
+    if nGood == 0 and nRej == 0:
+        raise NoKernelCandidatesError("No kernel candidates for spatial fit")
+    return nRej == 0
+
+
+def _clip_and_solve(cands, orig, basisImages, separable, spatial, kConfig, log, dtype):
+    """LSST's clipping loop: single-kernel pass, kernel-sum clipping, (PCA), spatial fit and assessment.
+
+    A pass that rejects candidates in the kernel-sum or PCA stage starts over without counting an
+    iteration; after ``maxSpatialIterations`` unconverged spatial assessments the survivors are
+    fitted once more without assessment.
+
+    Returns
+    -------
+    _SpatialSolution
+    """
     fits, spBasis, spSeparable = orig, np.asarray(basisImages), separable
     iteration = 0
-    sol = None
     maxIter = int(kConfig.maxSpatialIterations)
-    converged = False
     while iteration < maxIter:
-        chosen = single_pass()
-        # kernel-sum clipping (ip_diffim ``KernelSumVisitor``) over the visited candidates
-        sums = orig.ksum[chosen]
-        if sums.size == 0:
-            raise NoKernelCandidatesError(
-                "No kernel candidates survived the single-kernel fits: every stamp was masked, singular or failed "
-                "the residual limits (candidateResidualMeanMax/StdMax). Check badMaskPlanes and the inputs."
-            )
-        if sums.size == 1:
-            kmean, kstd = float(sums[0]), 0.0
-        else:
-            st = clipped_stats(jnp.asarray(sums, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
-            kmean, kstd = float(st.mean), float(np.sqrt(st.variance))
-        if not np.isfinite(kmean) or not np.isfinite(kstd):
-            raise PsfMatchingError("The kernel-sum distribution of the candidates is not finite.")
-        nrej = 0
-        if kConfig.kernelSumClipping:
-            dmax = float(kConfig.maxKsumSigma) * kstd
-            for i in np.nonzero(chosen)[0]:
-                if abs(orig.ksum[i] - kmean) > dmax:
-                    reject(i, f"kernel sum {orig.ksum[i]:.4g} more than maxKsumSigma from the mean {kmean:.4g}")
-                    nrej += 1
-        log.debug("Kernel sums: mean %.5g, std %.3g, %d rejected", kmean, kstd, nrej)
-        if nrej:
+        chosen = _single_kernel_pass(cands, orig, kConfig)
+        if _clip_kernel_sums(cands, orig, chosen, kConfig, log):
             continue
-        if usePca:
-            from ..core.kernel_basis import pca_kernel_basis
-
-            kimgs = orig.kernels[chosen] / orig.ksum[chosen][:, None, None]
-            spBasis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),
-                                                  subtract_mean=bool(kConfig.subtractMeanForPca)))
+        if spatial.use_pca:
+            spBasis, fits = _pca_refit(cands, orig, chosen, kConfig, dtype)
             spSeparable = None
-            fits = fit_all(stamps, kf.make_fit_basis(spBasis, dtype=dtype), kConfig)
-            nrej = 0
-            for i in np.nonzero(chosen)[0]:
-                nrej += judge(i, fits.mean[i], fits.rms[i], int(fits.status[i]), bool(kConfig.singleKernelClipping),
-                              "PCA kernel")
-            if nrej:
+            if _judge_fits(cands, np.nonzero(chosen)[0], fits, kConfig, "PCA kernel"):
                 continue
-        sol = spatial_fit(chosen, fits, spBasis)
-        mean, rms = spatial_stats(stamps, spBasis, sol.kernel_coeffs, sol.background_coeffs, xs, ys, kConfig,
-                                  order, bgOrder, model, xyRange)
-        nGood = nRej = 0
-        for i in np.nonzero(chosen)[0]:
-            c = cellSet.candidates[i]
-            c.spatialResidualMean, c.spatialResidualRms = float(mean[i]), float(rms[i])
-            if judge(i, mean[i], rms[i], 0, bool(kConfig.spatialKernelClipping), "spatial kernel"):
-                nRej += 1
-            else:
-                nGood += 1
-        log.debug("Spatial iteration %d: %d good, %d rejected", iteration, nGood, nRej)
-        if nGood == 0 and nRej == 0:
-            raise NoKernelCandidatesError("No kernel candidates for spatial fit")
-        if nRej == 0:
-            converged = True
-            break
+        sol = _fit_spatial(cands, chosen, fits, spBasis, spatial, kConfig, log, dtype)
+        if _assess_spatial(cands, chosen, sol, spBasis, spatial, kConfig, log, iteration):
+            return _SpatialSolution(sol, spBasis, spSeparable, iteration)
         iteration += 1
-    if not converged:
-        chosen = single_pass()
-        if usePca:
-            from ..core.kernel_basis import pca_kernel_basis
+    chosen = _single_kernel_pass(cands, orig, kConfig)
+    if spatial.use_pca:
+        spBasis, fits = _pca_refit(cands, orig, chosen, kConfig, dtype)
+    sol = _fit_spatial(cands, chosen, fits, spBasis, spatial, kConfig, log, dtype)
+    return _SpatialSolution(sol, spBasis, spSeparable, iteration)
 
-            kimgs = orig.kernels[chosen] / orig.ksum[chosen][:, None, None]
-            spBasis = np.asarray(pca_kernel_basis(kimgs, n_components=int(kConfig.numPrincipalComponents),
-                                                  subtract_mean=bool(kConfig.subtractMeanForPca)))
-            fits = fit_all(stamps, kf.make_fit_basis(spBasis, dtype=dtype), kConfig)
-        sol = spatial_fit(chosen, fits, spBasis)
-    kernel = SpatialKernel(spBasis, sol.kernel_coeffs, order, model, xyRange, defaultPosition=bbox.getCenter())
-    kernel.separable = spSeparable
-    background = BackgroundModel(sol.background_coeffs, bgOrder, model, xyRange)
+
+def _assemble_result(cands, solved, spatial, kConfig):
+    """Wrap the spatial solution as the task's `SpatialKernel`, `BackgroundModel` and `SolveResult`."""
+    sol, spBasis = solved.solution, solved.basis
+    kernel = SpatialKernel(spBasis, sol.kernel_coeffs, spatial.order, spatial.model, spatial.xy_range,
+                           defaultPosition=spatial.centre)
+    kernel.separable = solved.separable
+    background = BackgroundModel(sol.background_coeffs, spatial.bg_order, spatial.model, spatial.xy_range)
     cov = np.asarray(sol.covariance, np.float64)
-    kernel._uncertainty = _Uncertainty(cov, spBasis.reshape(spBasis.shape[0], -1).sum(axis=1), order, bgOrder,
-                                       bool(kConfig.fitForBackground), constantFirst, model, xyRange)
+    kernel._uncertainty = _Uncertainty(cov, spBasis.reshape(spBasis.shape[0], -1).sum(axis=1), spatial.order,
+                                       spatial.bg_order, bool(kConfig.fitForBackground), spatial.constant_first,
+                                       spatial.model, spatial.xy_range)
     background._uncertainty = kernel._uncertainty
-    return SolveResult(kernel, background, cellSet, sol, iteration)
+    return SolveResult(kernel, background, cands.cellSet, sol, solved.n_iterations)
+
+
+def solve_psf_matching(templateMI, scienceMI, candidates, basisImages, separable, kConfig, log, dtype):
+    """LSST's ``PsfMatchTask._solve`` loop over precomputed single-stamp fits.
+
+    Parameters
+    ----------
+    templateMI, scienceMI : MaskedImage
+        Image to convolve and image matched to (same bbox).
+    candidates : list of (source, Box2I)
+    basisImages : array (n_basis, w, w); separable : SeparableBasis or None
+    kConfig : PsfMatchConfig
+    log : logger
+    dtype : floating dtype of the computation
+
+    Returns
+    -------
+    SolveResult
+    """
+    cands = _build_candidates(templateMI, scienceMI, candidates, kConfig, dtype)
+    orig = _fit_single_kernels(cands, basisImages, separable, kConfig, dtype)
+    spatial = _spatial_model(kConfig, cands.cellSet.getBBox())
+    solved = _clip_and_solve(cands, orig, basisImages, separable, spatial, kConfig, log, dtype)
+    return _assemble_result(cands, solved, spatial, kConfig)
 
 
 class _Uncertainty:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..image.image import Box2I
+from ..image.geometry import Box2I
 from ..image.psf import FWHM_PER_SIGMA
 from ._base import Struct, Task, timeMethod
 from ._exposure import wcs_mismatch_pixels
@@ -163,7 +163,8 @@ class ImagePsfMatchTask(Task):
         LSST compares the two FWHMs with ``>`` and raises TypeError when exactly one is None; here
         a missing FWHM falls back to the configured widths ("config" mode) with a log message.
         """
-        from ..core.kernel_basis import alard_lupton_separable, make_kernel_basis_list
+        from ..core.kernel_basis import alard_lupton_separable
+        from ._basis_config import make_kernel_basis_list
 
         if targetFwhmPix is not None and referenceFwhmPix is not None:
             if targetFwhmPix > referenceFwhmPix:
@@ -188,7 +189,7 @@ class ImagePsfMatchTask(Task):
         return [np.asarray(k) for k in images]
 
     def _kernelSize(self, targetFwhmPix, referenceFwhmPix):
-        from ..core.kernel_basis import make_kernel_basis_list
+        from ._basis_config import make_kernel_basis_list
 
         images, _ = make_kernel_basis_list(self.kConfig, targetFwhmPix, referenceFwhmPix)
         return int(np.asarray(images).shape[-1])

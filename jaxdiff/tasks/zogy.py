@@ -51,7 +51,8 @@ import numpy as np
 
 from ..core.stats import clipped_stats
 from ..core.zogy_prepare import finish_difference_planes, finish_score_planes, prepare_zogy_input
-from ..image.image import Exposure, Image, Mask, MaskedImage, PhotoCalib
+from ..image.calib import PhotoCalib
+from ..image.image import Exposure, Image, Mask, MaskedImage
 from ..image.psf import GridPsf, ImagePsf
 from ._base import Struct, Task, timeMethod
 from ._exposure import check_exposure, kernel_array, mask_bits, psf_centroid

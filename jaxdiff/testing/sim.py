@@ -42,7 +42,8 @@ from jax import lax
 from jax.scipy.special import erf, erfc
 
 from ..core._numerics import PRECISION
-from ..image.image import DEFAULT_MASK_PLANES, Exposure, Image, Mask, MaskedImage, PhotoCalib
+from ..image.calib import PhotoCalib
+from ..image.image import DEFAULT_MASK_PLANES, Exposure, Image, Mask, MaskedImage
 from ..image.psf import FWHM_PER_SIGMA, GridPsf, ImagePsf
 
 __all__ = [
