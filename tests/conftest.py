@@ -21,6 +21,46 @@ def pytest_configure(config):
     float32 = config.getoption("--float32") or os.environ.get("JAXDIFF_TEST_FLOAT32") == "1"
     os.environ["JAXDIFF_TEST_FLOAT32"] = "1" if float32 else "0"
     jax.config.update("jax_enable_x64", not float32)
+    _share_compilations(jax)
+
+
+def _share_compilations(jax):
+    """One persistent XLA cache per test session, shared by the xdist workers.
+
+    Many tests compile the same programs (the same shapes through different wrappers, and each
+    worker compiles what the other already has); compilation is most of the suite's time on two
+    cores.  The controller makes a fresh directory (so no run sees another's programs) and the
+    workers inherit it through the environment.  ``JAXDIFF_TEST_COMPILE_CACHE=0`` turns it off.
+    """
+    if os.environ.get("JAXDIFF_TEST_COMPILE_CACHE", "1") == "0":
+        return
+    path = os.environ.get("JAXDIFF_TEST_CACHE_DIR")
+    if not path:
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="jaxdiff-test-xla-")
+        os.environ["JAXDIFF_TEST_CACHE_DIR"] = path
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``once_in_float32`` run once per CI: in the float32 run.
+
+    They are the full-size science scenes (2048^2 star fields, crowded Moffat fields, 1024^2 noise
+    statistics) and the ``jaxdiff`` command, which users run in JAX's default float32.  float64
+    agreement is tested on the small images against float64 references.  Run them in float64 by
+    hand with ``JAXDIFF_TEST_ALL=1``.
+    """
+    import jax
+
+    if not jax.config.jax_enable_x64 or os.environ.get("JAXDIFF_TEST_ALL") == "1":
+        return
+    skip = pytest.mark.skip(reason="run once, in the float32 run (JAXDIFF_TEST_ALL=1 runs it here too)")
+    for item in items:
+        if item.get_closest_marker("once_in_float32"):
+            item.add_marker(skip)
 
 
 def pytest_report_header(config):

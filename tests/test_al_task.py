@@ -199,6 +199,7 @@ def _lag1(a, ok):
     return num / okp / (a[ok] ** 2).mean()
 
 
+@pytest.mark.once_in_float32
 def test_star_field_2048_noise_stars_and_decorrelation(field_2048):
     p, res, task = field_2048
     tr = p.truth
@@ -243,6 +244,7 @@ def test_repeated_call_does_not_recompile(small_pair):
     assert (kf.fit_stamps._cache_size(), kf.stamp_residual_stats._cache_size(), kf.solve_spatial._cache_size()) == sizes
 
 
+@pytest.mark.once_in_float32
 # ------------------------------------------------------------------------------------------
 def test_moffat_crowded_field_with_wings(x64):
     """Kernels with wings: 2,000 Moffat stars per 1024^2 (beta 3.0 -> 2.5), +10 e- background."""

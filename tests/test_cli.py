@@ -7,6 +7,9 @@ from jaxdiff import Exposure
 from jaxdiff.cli import _main as cli
 from jaxdiff.cli import main, run_demo
 
+# the command runs as users run it: in JAX's default precision (float32), so in the float32 run only
+pytestmark = pytest.mark.once_in_float32
+
 
 def test_demo_simulated_and_real(tmp_path, shared_dir, capsys):
     out = run_demo(tmp_path, size=256, seed=0, threshold=5.0, real=True, data=shared_dir / "data")

@@ -120,6 +120,7 @@ def noise_pair():
                          science_psf=dict(kind="gaussian", sigma=2.2), template_psf=dict(kind="gaussian", sigma=1.5))
 
 
+@pytest.mark.once_in_float32
 @pytest.mark.parametrize("grid", [False, True])
 def test_pure_noise_statistics(noise_pair, grid):
     task = _task(doSpatialGrid=grid)
@@ -178,6 +179,7 @@ def star_field():
     return pair, _task().run(pair.science, pair.template)
 
 
+@pytest.mark.once_in_float32
 def test_transients_found_with_few_false_positives(star_field):
     from jaxdiff.core.detection import find_peaks, peaks_to_table
 
