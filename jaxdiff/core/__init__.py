@@ -2,15 +2,21 @@
 
 This layer imports nothing else of jaxdiff (``tests/test_layout.py`` guards it).  Modules:
 
+* shared conventions: :mod:`~jaxdiff.core._numerics` (``PRECISION``, ``tiny``, safe divide and
+  rsqrt), :mod:`~jaxdiff.core._results` (status flags and fixed-arity results),
+  :mod:`~jaxdiff.core._checks` (argument checks with one clear message);
 * :mod:`~jaxdiff.core.fft` (FFT sizes, centre-origin layout, stamp DFTs),
   :mod:`~jaxdiff.core.stats` (afw-style clipped statistics), :mod:`~jaxdiff.core.detection`
   (peaks), :mod:`~jaxdiff.core.spatial` (afw spatial polynomials),
   :mod:`~jaxdiff.core.psf_images` (analytic PSF stamps);
-* ZOGY (Zackay, Ofek & Gal-Yam 2016): :mod:`~jaxdiff.core.zogy`, :mod:`~jaxdiff.core.zogy_grid`,
-  :mod:`~jaxdiff.core.zogy_fit`;
+* ZOGY (Zackay, Ofek & Gal-Yam 2016): :mod:`~jaxdiff.core.zogy_prepare`, :mod:`~jaxdiff.core.zogy`,
+  :mod:`~jaxdiff.core.zogy_grid`, :mod:`~jaxdiff.core.zogy_fit`;
 * Alard-Lupton (Alard & Lupton 1998; Alard 2000): :mod:`~jaxdiff.core.kernel_basis`,
-  :mod:`~jaxdiff.core.kernel_fit`, :mod:`~jaxdiff.core.sources`, :mod:`~jaxdiff.core.convolve`,
+  :mod:`~jaxdiff.core.kernel_fit`, :mod:`~jaxdiff.core.sources`,
   :mod:`~jaxdiff.core.decorrelate` (DMTN-021);
+* convolution (afw convention): :mod:`~jaxdiff.core.convolve` (entry points),
+  :mod:`~jaxdiff.core.convolve_fixed`, :mod:`~jaxdiff.core.convolve_spatial`,
+  :mod:`~jaxdiff.core.convolve_masked`, :mod:`~jaxdiff.core.masks`;
 * registration: :mod:`~jaxdiff.core.resample`, :mod:`~jaxdiff.core.align`;
 * fitting: :mod:`jaxdiff.core.fit`.
 

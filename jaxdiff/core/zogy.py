@@ -252,7 +252,7 @@ def zogy(
     w_n N̂/F_n − w_r R̂/F_r, P̂_D, Ŝ = F_D² P̂_D* D̂ and the variance kernels are products of
     O(1) numbers, so nothing underflows where both transforms are 1e-20, and float32 D
     agrees with a float64 computation of the same formulas (correlation > 0.9999 for Gaussian
-    PSFs of σ 1–3.5 px and Moffat PSFs of β 2.5–4.5, ``tests/test_zogy_precision.py``).
+    PSFs of σ 1–3.5 px and Moffat PSFs of β 2.5–4.5, ``tests/core/test_zogy_precision.py``).
 
     **Undetermined frequencies (documented limit).**  Where both normalised transforms are
     below τ = :data:`PSF_TRANSFORM_FLOOR` (1e-12 of their zero-frequency value) the PSFs do not

@@ -230,7 +230,7 @@ class ImagePsfMatchTask(Task):
         of the smoothed image, local maxima, quadratic sub-pixel centroid, PSF flux. Pixels in
         ``selectDetection.statsMask`` planes are excluded.
         """
-        from ..core.sources import detect_sources_banded, sources_to_table
+        from ..image.catalog import detect_sources_banded, sources_to_table
         from ._exposure import mask_bits
 
         if sigma is None:

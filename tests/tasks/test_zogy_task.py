@@ -17,7 +17,7 @@ from jaxdiff.tasks.image_psf_match import NOT_REGISTERED_MESSAGE
 from jaxdiff.testing.lsst_scenes import make_lsst_zogy_test_images
 from jaxdiff.testing.sim import simulate_pair
 
-SEED_API = Path(__file__).resolve().parents[1].parent / "shared" / "seeds" / "ZogyImagePsfMatchTask-api.txt"
+SEED_API = Path(__file__).resolve().parents[2].parent / "shared" / "seeds" / "ZogyImagePsfMatchTask-api.txt"
 
 
 def _task(**zogy):

@@ -16,7 +16,7 @@ import pytest
 from jaxdiff.core._numerics import PRECISION, complex_dtype, float_dtype, safe_divide, safe_rsqrt, tiny
 from jaxdiff.core._results import Status, flag, status_message
 
-CORE = Path(__file__).resolve().parents[1] / "jaxdiff" / "core"
+CORE = Path(__file__).resolve().parents[2] / "jaxdiff" / "core"
 
 
 def test_precision_is_highest():
@@ -138,9 +138,14 @@ def test_flag_is_traceable():
 
 
 def test_matrix_products_in_my_modules_pass_precision():
-    """Every matmul / einsum / tensordot / conv in the fitting and convolution modules passes a precision."""
+    """Every matmul / einsum / tensordot / conv in the core passes a precision (TF32 GPUs lose bits silently)."""
     names = {"matmul", "einsum", "tensordot", "dot", "conv_general_dilated"}
-    for module in ("kernel_fit.py", "zogy_fit.py", "convolve.py", "decorrelate.py"):
+    modules = sorted(str(p.relative_to(CORE)) for p in CORE.rglob("*.py"))
+    assert "kernel_fit.py" in modules and "convolve_spatial.py" in modules
+    host_numpy = {"kernel_basis.py"}  # float64 numpy on the host, outside jit (module docstring)
+    for module in modules:
+        if module in host_numpy:
+            continue
         tree = ast.parse((CORE / module).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):

@@ -15,7 +15,7 @@ from jaxdiff.image.fits import exposureFromFits, readExposure, readImageArray, w
 
 
 def _shared_data():
-    candidates = [Path(__file__).resolve().parents[1].parent / "shared" / "data"]
+    candidates = [Path(__file__).resolve().parents[2].parent / "shared" / "data"]
     if os.environ.get("JAXDIFF_SHARED"):
         candidates.insert(0, Path(os.environ["JAXDIFF_SHARED"]) / "data")
     return next((c for c in candidates if c.is_dir()), None)

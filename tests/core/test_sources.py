@@ -1,4 +1,5 @@
-"""Kernel-candidate source detection (``jaxdiff.core.sources``) on injected stars of known truth."""
+"""Kernel-candidate source detection (``jaxdiff.core.sources``, with its host drivers in
+``jaxdiff.image.catalog``) on injected stars of known truth."""
 
 import jax
 import jax.numpy as jnp
@@ -6,12 +7,8 @@ import numpy as np
 import pytest
 
 import jaxdiff.core.sources as sources_mod
-from jaxdiff.core.sources import (
-    detect_sources,
-    detect_sources_banded,
-    smoothing_kernel_width,
-    sources_to_table,
-)
+from jaxdiff.core.sources import detect_sources, smoothing_kernel_width
+from jaxdiff.image.catalog import detect_sources_banded, sources_to_table
 
 SIGMA = 2.0  # PSF sigma of every scene (pixels)
 SKY = 100.0  # flat background

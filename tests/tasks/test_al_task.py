@@ -457,22 +457,3 @@ def test_background_image_equals_pointwise(model):
     box = Box2I((10, 20), (61, 41))
     ys, xs = np.mgrid[20:61, 10:71].astype(float)
     np.testing.assert_allclose(bm.image(box), bm(xs, ys), rtol=1e-12, atol=1e-9)
-
-
-def test_banded_detection_equals_whole_image(x64):
-    """Bands with overlapping margins find the same sources as one pass (memory-bounded path)."""
-    from jaxdiff.core.sources import detect_sources, detect_sources_banded
-
-    dtype = np.float64 if x64 else np.float32
-    p = simulate_pair(12, (512, 256), n_stars=150, template_psf=1.5, science_psf=1.5, dtype=dtype)
-    img, var = np.asarray(p.template.image.array), np.asarray(p.template.variance.array)
-    bad = np.zeros(img.shape, bool)
-    whole = jax.device_get(detect_sources(jnp.asarray(img), jnp.asarray(var), jnp.asarray(bad), sigma=1.5,
-                                          max_sources=400))
-    banded = detect_sources_banded(img, var, bad, sigma=1.5, max_sources=400, band_rows=128)
-    a = {(int(x), int(y)) for x, y, v in zip(whole.peak_x, whole.peak_y, whole.valid, strict=True)
-         if v and whole.snr[0] > 0}
-    b = {(int(x), int(y)) for x, y in zip(banded.peak_x, banded.peak_y, strict=True)}
-    # thresholds are per band, so only sources near the threshold may differ
-    assert len(a ^ b) <= 0.05 * len(a)
-    assert len(a & b) > 50
