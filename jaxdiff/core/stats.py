@@ -50,53 +50,51 @@ def _from_order_keys(keys, dtype):
 
 
 def _order_statistics(flat, ok, ranks):
-    """``(s[ranks], s[ranks + 1])`` for ``s = sort(flat[ok])``, without sorting (radix selection).
+    """``sort(flat[ok])[ranks]`` without sorting (radix selection).
 
     The values become order-preserving unsigned integer keys; the wanted keys are then found
-    16 bits at a time, most significant first: a 65536-bin histogram of the next 16 bits of the
-    keys that share the bits found so far (one scatter-add for all ranks: each key counts for
-    the first rank whose prefix it matches) and a cumulative sum give the next digit of every
-    rank.  Two histogram passes in float32, four in float64, plus one pass for the next order
-    statistic (the count at the found key and the smallest larger key).  Exact; about 20x
+    16 bits at a time, most significant first.  Every element carries a *slot*: the histogram
+    row of the first wanted rank whose key prefix it shares so far (a sink row when it shares
+    none).  Per 16-bit level there is one scatter-add of the weights into the ``(slots, 65536)``
+    histogram, a cumulative sum per rank that gives the rank's next digit, and one gather from a
+    ``(slots, 65536)`` table that moves every element to its slot of the next level: no array of
+    size (ranks x pixels) is formed.  Two levels in float32, four in float64.  Exact; about 40x
     faster than ``jnp.sort``, which XLA:CPU runs single-threaded (4.4 s for a 4096² image).
-    Invalid entries never count; ranks must be below the number of valid values
-    (``s[ranks + 1]`` is clamped to the last one).  Not differentiable (integer keys).
+    Invalid entries never count; ranks must be below the number of valid values (larger ranks
+    give the largest valid value).  Not differentiable (integer keys).
     """
     keys, uint, nbits = _order_keys(jax.lax.stop_gradient(flat))
-    kmax = jnp.asarray(jnp.iinfo(uint).max, uint)
-    keys = jnp.where(ok, keys, kmax)
     weight = ok.astype(jnp.int32)
     need = ranks.astype(jnp.int32) + 1  # 1-based rank still to find within the current prefix
     n_ranks = need.shape[0]
-    prefix = jnp.zeros(need.shape, uint)
     digits = 1 << 16
-    for level in range(nbits // 16):
+    prefix = jnp.zeros(need.shape, uint)
+    rank_slot = jnp.zeros(need.shape, jnp.int32)  # histogram row of each rank
+    slot = None  # histogram row of each element (None: all in row 0)
+    levels = nbits // 16
+    for level in range(levels):
         shift = nbits - 16 * (level + 1)
         digit = ((keys >> shift) & uint(digits - 1)).astype(jnp.int32)
-        if level == 0:
-            slot_of_rank = jnp.zeros(need.shape, jnp.int32)
+        if slot is None:
             hist = jnp.zeros((1, digits), jnp.int32).at[0, digit].add(weight)
-        else:
-            high = prefix >> (shift + 16)
-            # ranks with the same prefix share one histogram row: the first of them
-            same = high[:, None] == high[None, :]
-            slot_of_rank = jnp.argmax(same, axis=1).astype(jnp.int32)
-            match = (keys[None, :] >> (shift + 16)) == high[:, None]  # (ranks, n)
-            first = jnp.argmax(match, axis=0).astype(jnp.int32)
-            slot = jnp.where(jnp.any(match, axis=0), first, n_ranks)  # n_ranks = no rank's prefix
-            hist = jnp.zeros((n_ranks + 1, digits), jnp.int32).at[slot, digit].add(weight)
-        cum = jnp.cumsum(hist[slot_of_rank], axis=1)  # (ranks, 65536)
+        else:  # row n_ranks: elements whose prefix matches no rank's
+            hist = jnp.zeros((n_ranks + 1) * digits, jnp.int32).at[slot * digits + digit].add(weight)
+            hist = hist.reshape(n_ranks + 1, digits)
+        cum = jnp.cumsum(hist[rank_slot], axis=1)  # (ranks, 65536)
         d = jax.vmap(lambda c, k: jnp.searchsorted(c, k, side="left"))(cum, need).astype(jnp.int32)
         d = jnp.minimum(d, digits - 1)
         before = jnp.where(d > 0, jnp.take_along_axis(cum, jnp.maximum(d - 1, 0)[:, None], axis=1)[:, 0], 0)
-        need = need - before
+        need = jnp.maximum(need - before, 1)
         prefix = prefix | (d.astype(uint) << shift)
-    found = prefix
-    at_or_below = jnp.sum(keys[None, :] <= found[:, None], axis=1, dtype=jnp.int32)
-    larger = jnp.min(jnp.where(keys[None, :] > found[:, None], keys[None, :], kmax), axis=1)
-    n_valid = jnp.sum(weight)
-    following = jnp.where((at_or_below > ranks + 1) | (ranks + 1 >= n_valid), found, larger)
-    return _from_order_keys(found, flat.dtype), _from_order_keys(following, flat.dtype)
+        if level + 1 < levels:
+            # ranks that share the prefix so far share one row: the first of them
+            cell = rank_slot * digits + d
+            new_rank_slot = jnp.argmax(cell[:, None] == cell[None, :], axis=1).astype(jnp.int32)
+            rows = 1 if slot is None else n_ranks + 1
+            table = jnp.full(rows * digits, n_ranks, jnp.int32).at[cell].set(new_rank_slot)
+            slot = table[digit] if slot is None else table[slot * digits + digit]
+            rank_slot = new_rank_slot
+    return _from_order_keys(prefix, flat.dtype)
 
 
 def _masked_quantiles(values, valid, qs):
@@ -109,8 +107,8 @@ def _masked_quantiles(values, valid, qs):
     lo = [jnp.floor(p).astype(jnp.int32) for p in pos]
     hi = [jnp.minimum(i + 1, top) for i in lo]
     if flat.dtype in (jnp.float32, jnp.float64):
-        s_lo, s_hi = _order_statistics(flat, ok, jnp.stack(lo))  # s_hi = s[lo + 1] (clamped) = s[hi]
-        s_lo, s_hi = (jnp.where(n > 0, v, jnp.finfo(flat.dtype).max) for v in (s_lo, s_hi))
+        both = _order_statistics(flat, ok, jnp.stack(lo + hi))
+        s_lo, s_hi = (jnp.where(n > 0, v, jnp.finfo(flat.dtype).max) for v in (both[: len(lo)], both[len(lo) :]))
     else:  # other dtypes: sort
         s = jnp.sort(jnp.where(ok, flat, jnp.finfo(flat.dtype).max))
         s_lo, s_hi = s[jnp.stack(lo)], s[jnp.stack(hi)]

@@ -34,6 +34,7 @@ __all__ = [
     "PSF_TRANSFORM_FLOOR",
     "ZogyResult",
     "ZogyWeights",
+    "choose_kernel_mode",
     "default_fft_shape",
     "kernel_box_shape",
     "precise_otf",
@@ -340,13 +341,13 @@ def zogy(
     check_choice(kernel_mode, "kernel_mode", KERNEL_MODES)
     box = kernel_box_shape(new_psf.shape, ref_psf.shape, fft_shape)
     small = _small_grid(box, fft_shape)
-    concrete = not any(isinstance(a, jax.core.Tracer) for a in (new_psf, ref_psf, new_noise_var, ref_noise_var,
-                                                                  f_new, f_ref))  # fmt: skip
+    concrete = not any(isinstance(a, jax.core.Tracer) for a in (new_psf, ref_psf, new_psf_lo, ref_psf_lo,
+                                                                  new_noise_var, ref_noise_var, f_new, f_ref))  # fmt: skip
     if kernel_mode == "auto" and small != fft_shape and concrete:
         # decide here, on the host, so that the compiled program holds one kernel path only
-        tail = _kernel_tail(new_psf, ref_psf, new_psf_lo, ref_psf_lo, new_noise_var, ref_noise_var, f_new, f_ref,
-                            box=box, small=small)  # fmt: skip
-        kernel_mode = "full" if float(tail) > KERNEL_TAIL_TOLERANCE else "box"
+        kernel_mode = choose_kernel_mode(new_psf, ref_psf, new_noise_var=new_noise_var, ref_noise_var=ref_noise_var,
+                                         f_new=f_new, f_ref=f_ref, fft_shape=fft_shape, new_psf_lo=new_psf_lo,
+                                         ref_psf_lo=ref_psf_lo)  # fmt: skip
 
     sigmas = (*astrometric_sigma_new, *astrometric_sigma_ref)
     if len(sigmas) != 4:
@@ -519,17 +520,20 @@ def _stamps_to_half_spectra(stamps, grid):
     """``rfft2(pad_center_origin(k, grid))`` for a stack of centred stamps, without the zero rows.
 
     The row transforms of the ``Kh`` non-zero rows are a skinny matrix product (stamp DFT
-    matrix); the column transforms are one batched FFT along the first grid axis.  On XLA:CPU
-    this is about 1.3x cheaper than padding and ``rfft2``, and cheaper than a second matrix
-    product over the full grid.
+    matrix); the column transforms are one batched FFT of the transposed rows, so that the long
+    axis is the contiguous one (``jnp.fft.fft(axis=-2)`` would move the full-size array there and
+    back), and one transpose brings the spectra to the ``(H, W//2+1)`` layout.  The same numbers
+    as a column FFT, about 2x faster on XLA:CPU than that or than padding and ``rfft2``.
     """
     (fh, fw), (kh, kw) = grid, stamps.shape[-2:]
     cdtype = jnp.complex64 if stamps.dtype == jnp.float32 else jnp.complex128
     ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
     rows = jnp.matmul(stamps.astype(cdtype), ex, precision=PRECISION)  # (..., Kh, W//2+1)
+    cols = jnp.swapaxes(rows, -1, -2)  # (..., W//2+1, Kh)
     h = kh // 2  # centre row to index 0, rows before it wrap to the end, zeros between
-    gap = jnp.zeros((*rows.shape[:-2], fh - kh, rows.shape[-1]), rows.dtype)
-    return jnp.fft.fft(jnp.concatenate([rows[..., h:, :], gap, rows[..., :h, :]], axis=-2), axis=-2)
+    gap = jnp.zeros((*cols.shape[:-1], fh - kh), cols.dtype)
+    spectra = jnp.fft.fft(jnp.concatenate([cols[..., h:], gap, cols[..., :h]], axis=-1), axis=-1)
+    return jnp.swapaxes(spectra, -1, -2)
 
 
 def kernel_box_shape(new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int],
@@ -583,6 +587,61 @@ def _small_grid_kernels(pn, pr, alpha_new, alpha_ref, *, box, small):
 def _kernel_tail(new_psf, ref_psf, new_lo, ref_lo, new_noise_var, ref_noise_var, f_new, f_ref, *, box, small):
     alpha_new, alpha_ref, _ = _noise_weights(new_noise_var, ref_noise_var, f_new, f_ref)
     return _small_grid_kernels((new_psf, new_lo), (ref_psf, ref_lo), alpha_new, alpha_ref, box=box, small=small)[1]
+
+
+def choose_kernel_mode(
+    new_psf: Float[ArrayLike, "... Kh Kw"],
+    ref_psf: Float[ArrayLike, "... Lh Lw"],
+    *,
+    new_noise_var: Float[ArrayLike, "..."],
+    ref_noise_var: Float[ArrayLike, "..."],
+    f_new: Float[ArrayLike, ""] = 1.0,
+    f_ref: Float[ArrayLike, ""] = 1.0,
+    fft_shape: tuple[int, int],
+    new_psf_lo: Float[ArrayLike, "... Kh Kw"] | None = None,
+    ref_psf_lo: Float[ArrayLike, "... Lh Lw"] | None = None,
+) -> str:
+    """Return the kernel path ``"box"`` or ``"full"`` that ``kernel_mode="auto"`` of :func:`zogy` takes.
+
+    For concrete (not traced) PSFs, on the host, so that a caller that jits :func:`zogy` itself
+    (e.g. :func:`jaxdiff.core.zogy_grid.zogy_cells`) can pass the answer as the static
+    ``kernel_mode`` and compile one kernel path instead of a ``lax.cond`` over both.  Stacks of
+    PSFs (leading axes, with noise levels of those leading shapes) give ``"full"`` when any pair
+    needs the full grid.
+
+    Parameters
+    ----------
+    new_psf, ref_psf
+        PSF stamps or stacks of stamps.
+    new_noise_var, ref_noise_var
+        Scalar noise levels (one per pair of a stack).
+    f_new, f_ref
+        Flux scalings.
+    fft_shape
+        The FFT grid :func:`zogy` will use.
+    new_psf_lo, ref_psf_lo
+        Low parts of float64 stamps in float32 (:func:`psf_low_part`); default zeros.
+
+    Returns
+    -------
+    str
+        ``"full"`` when a kernel's energy outside its box exceeds :data:`KERNEL_TAIL_TOLERANCE`
+        or the small kernel grid is the FFT grid itself, else ``"box"``.
+    """
+    new_psf, ref_psf = jnp.asarray(new_psf), jnp.asarray(ref_psf)
+    dtype = new_psf.dtype
+    box = kernel_box_shape(new_psf.shape[-2:], ref_psf.shape[-2:], fft_shape)
+    small = _small_grid(box, tuple(fft_shape))
+    if small == tuple(fft_shape):
+        return "full"
+    lead = new_psf.shape[:-2]
+    new_lo = jnp.zeros_like(new_psf) if new_psf_lo is None else jnp.asarray(new_psf_lo, dtype)
+    ref_lo = jnp.zeros_like(ref_psf) if ref_psf_lo is None else jnp.asarray(ref_psf_lo, dtype)
+    flat = [a.reshape(-1, *a.shape[len(lead):]) for a in (new_psf, ref_psf, new_lo, ref_lo)]
+    noise = [jnp.broadcast_to(jnp.asarray(v, dtype), lead).reshape(-1) for v in (new_noise_var, ref_noise_var)]
+    tails = jax.vmap(functools.partial(_kernel_tail, box=box, small=small), in_axes=(0, 0, 0, 0, 0, 0, None, None))(
+        *flat, *noise, jnp.asarray(f_new, dtype), jnp.asarray(f_ref, dtype))  # fmt: skip
+    return "full" if float(jnp.max(tails)) > KERNEL_TAIL_TOLERANCE else "box"
 
 
 @functools.partial(jax.jit, static_argnames=("fft_shape", "calculate_score", "pad_mode", "kernel_mode"))

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 
 from .fft import fast_fft_shape
 from .stats import clipped_stats
-from .zogy import zogy
+from .zogy import choose_kernel_mode, zogy
 
-__all__ = ["CellResult", "cell_noise_variances", "zogy_cells"]
+__all__ = ["CellResult", "cell_noise_variances", "cells_kernel_mode", "zogy_cells"]
 
 
 class CellResult(NamedTuple):
@@ -84,10 +84,31 @@ def cell_noise_variances(variance, good, *, cell_shape, n_cells):
     return out.reshape(n_cells)
 
 
-@functools.partial(jax.jit, static_argnames=("cell_shape", "border", "calculate_score", "batch_size"))
+def _cells_fft_shape(image_shape, n_cells, cell_shape, border):
+    """FFT grid of every cell in :func:`zogy_cells` (one cell: the whole image plus ``border``)."""
+    if tuple(n_cells) == (1, 1):
+        return fast_fft_shape((image_shape[0] + 2 * border, image_shape[1] + 2 * border))
+    return fast_fft_shape((cell_shape[0] + 2 * border, cell_shape[1] + 2 * border))
+
+
+def cells_kernel_mode(new_psfs, ref_psfs, new_noise_vars, ref_noise_vars, *, f_new=1.0, f_ref=1.0, image_shape,
+                      cell_shape, border, new_psfs_lo=None, ref_psfs_lo=None) -> str:  # fmt: skip
+    """Kernel path (``"box"`` or ``"full"``) for :func:`zogy_cells`, decided on the host.
+
+    :func:`jaxdiff.core.zogy.choose_kernel_mode` over all cells (``"full"`` if any cell needs it),
+    on the FFT grid that :func:`zogy_cells` gives each cell; arguments as there, with the
+    ``image_shape``.  Pass the result as ``kernel_mode`` so that one path is compiled.
+    """
+    fft_shape = _cells_fft_shape(image_shape, new_psfs.shape[:2], cell_shape, border)
+    return choose_kernel_mode(new_psfs, ref_psfs, new_noise_var=new_noise_vars, ref_noise_var=ref_noise_vars,
+                              f_new=f_new, f_ref=f_ref, fft_shape=fft_shape, new_psf_lo=new_psfs_lo,
+                              ref_psf_lo=ref_psfs_lo)  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("cell_shape", "border", "calculate_score", "batch_size", "kernel_mode"))
 def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_variance, new_noise_vars,
                ref_noise_vars, *, f_new=1.0, f_ref=1.0, cell_shape, border, calculate_score=True,
-               batch_size=16, new_psfs_lo=None, ref_psfs_lo=None):
+               batch_size=16, new_psfs_lo=None, ref_psfs_lo=None, kernel_mode="auto"):
     """ZOGY with per-cell PSFs and noise levels, stitched into full-size outputs.
 
     Parameters
@@ -113,6 +134,10 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
     new_psfs_lo, ref_psfs_lo : array, optional, keyword-only
         Low float32 parts of float64 PSF stacks (:func:`jaxdiff.core.zogy.psf_low_part`), so
         that the float32 path transforms the float64 PSFs; default zeros.
+    kernel_mode : {"auto", "box", "full"}, keyword-only
+        Kernel path of :func:`jaxdiff.core.zogy.zogy` (static).  Under this function's ``jit`` the
+        PSFs are traced, so "auto" compiles both paths behind a ``lax.cond``; callers with
+        concrete PSFs pass :func:`jaxdiff.core.zogy.choose_kernel_mode` (one path, faster).
 
     Returns
     -------
@@ -135,13 +160,13 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
     new_variance = jnp.broadcast_to(jnp.asarray(new_variance, dtype), new_image.shape)
     ref_variance = jnp.broadcast_to(jnp.asarray(ref_variance, dtype), new_image.shape)
 
+    fft_shape = _cells_fft_shape((height, width), (ny, nx), cell_shape, border)
     if ny * nx == 1:
-        fft_shape = fast_fft_shape((height + 2 * border, width + 2 * border))
         lo = {} if new_psfs_lo is None else {"new_psf_lo": new_psfs_lo[0, 0]}
         lo.update({} if ref_psfs_lo is None else {"ref_psf_lo": ref_psfs_lo[0, 0]})
         r = zogy(new_image, ref_image, new_psfs[0, 0], ref_psfs[0, 0], new_variance, ref_variance, **lo,
                  new_noise_var=new_noise_vars[0, 0], ref_noise_var=ref_noise_vars[0, 0], f_new=f_new,
-                 f_ref=f_ref, fft_shape=fft_shape, calculate_score=calculate_score)
+                 f_ref=f_ref, fft_shape=fft_shape, calculate_score=calculate_score, kernel_mode=kernel_mode)
         expand = (lambda a: None if a is None else a[None, None])  # noqa: E731
         return CellResult(
             r.difference, r.difference_variance, expand(r.difference_psf), expand(r.flux_zero_point),
@@ -150,7 +175,6 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
         )
 
     outer = (ch + 2 * border, cw + 2 * border)
-    fft_shape = fast_fft_shape(outer)
     pad = ((border, border + ny * ch - height), (border, border + nx * cw - width))
 
     def cells_of(a):
@@ -171,7 +195,8 @@ def zogy_cells(new_image, ref_image, new_psfs, ref_psfs, new_variance, ref_varia
     def one_cell(args):
         n, r, pn, pr, vn, vr, sn, sr, pn_lo, pr_lo = args
         res = zogy(n, r, pn, pr, vn, vr, new_noise_var=sn, ref_noise_var=sr, f_new=f_new, f_ref=f_ref,
-                   fft_shape=fft_shape, calculate_score=calculate_score, new_psf_lo=pn_lo, ref_psf_lo=pr_lo)
+                   fft_shape=fft_shape, calculate_score=calculate_score, new_psf_lo=pn_lo, ref_psf_lo=pr_lo,
+                   kernel_mode=kernel_mode)
         inner = (lambda a: None if a is None else a[border:border + ch, border:border + cw])  # noqa: E731
         return res._replace(
             difference=inner(res.difference), difference_variance=inner(res.difference_variance),

@@ -284,7 +284,7 @@ class ZogyTask(Task):
         fitted = self._fitFluxRatioShift(p1, p2, p1c, p2c) if (cfg.doFitFluxRatio or cfg.doFitShift) else {}
 
         from ..core.zogy import psf_low_part
-        from ..core.zogy_grid import cell_noise_variances, zogy_cells
+        from ..core.zogy_grid import cell_noise_variances, cells_kernel_mode, zogy_cells
 
         if (ny, nx) == (1, 1) and not fitted:  # the clipped variance mean of _prepare is that cell's
             noise1, noise2 = p1.noise.reshape(1, 1), p2.noise.reshape(1, 1)
@@ -298,13 +298,17 @@ class ZogyTask(Task):
             low = psf_low_part(np.asarray(arr), dtype)
             if low is not None:
                 psfLowParts[key] = jnp.asarray(low).reshape(ny, nx, *arr.shape[1:])
+        psfs1 = jnp.asarray(psf1, dtype).reshape(ny, nx, *psf1.shape[1:])
+        psfs2 = jnp.asarray(psf2, dtype).reshape(ny, nx, *psf2.shape[1:])
+        # the kernel path (compact box kernels or the full grid) is chosen here, on the host, so
+        # that the compiled program holds one path only
+        kernelMode = cells_kernel_mode(psfs1, psfs2, noise1, noise2, f_new=p1.flux, f_ref=p2.flux,
+                                       image_shape=(height, width), cell_shape=(ch, cw), border=border,
+                                       **psfLowParts)
         res = zogy_cells(
-            p1.image, p2.image,
-            jnp.asarray(psf1, dtype).reshape(ny, nx, *psf1.shape[1:]),
-            jnp.asarray(psf2, dtype).reshape(ny, nx, *psf2.shape[1:]),
-            p1.variance, p2.variance, noise1, noise2,
+            p1.image, p2.image, psfs1, psfs2, p1.variance, p2.variance, noise1, noise2,
             f_new=p1.flux, f_ref=p2.flux, **psfLowParts,
-            cell_shape=(ch, cw), border=border, calculate_score=calculateScore,
+            cell_shape=(ch, cw), border=border, calculate_score=calculateScore, kernel_mode=kernelMode,
         )
 
         edge = (max(psf1.shape[1], psf2.shape[1]) // 2, max(psf1.shape[2], psf2.shape[2]) // 2)

@@ -152,3 +152,45 @@ def test_fit_is_jittable_and_vmappable(field):
         np.testing.assert_allclose(float(fits.flux_ratio[i]), float(single.flux_ratio), rtol=1e-4)
         np.testing.assert_allclose(np.asarray(fits.shift[i]), np.asarray(single.shift), atol=1e-4)
         assert float(single.flux_ratio) == pytest.approx(1.3 * (i + 1), rel=3e-3)
+
+
+def _sampled_gaussian(sigma, size):
+    """Centre-sampled float64 Gaussian stamp (tails below 1e-13 at the edge for small sigma)."""
+    r = np.arange(size) - size // 2
+    g = np.exp(-0.5 * (r[:, None] ** 2 + r[None, :] ** 2) / sigma**2)
+    return g / g.sum()
+
+
+@pytest.mark.parametrize("psfs", [(1.2, 1.0, 25), (3.3, 2.2, 15)], ids=["compact", "truncated"])
+def test_host_kernel_mode_is_the_auto_choice(field, psfs):
+    """The kernel path chosen on the host for zogy_cells is the one zogy's "auto" takes on the same grid:
+    "full" exactly when the reported kernel tail exceeds the tolerance (or the grid is small), and
+    zogy_cells with that static mode reproduces zogy's outputs."""
+    from jaxdiff.core.zogy import KERNEL_TAIL_TOLERANCE, psf_low_part
+    from jaxdiff.core.zogy_grid import cells_kernel_mode
+
+    sn, sr, size = psfs
+    dtype = field["new"].dtype
+    pn64, pr64 = _sampled_gaussian(sn, size), _sampled_gaussian(sr, size)
+    shape, border = field["shape"], size
+    lo = {}
+    if dtype == np.float32:
+        lo = {"new_psfs_lo": jnp.asarray(psf_low_part(pn64))[None, None],
+              "ref_psfs_lo": jnp.asarray(psf_low_part(pr64))[None, None]}  # fmt: skip
+    pn, pr = jnp.asarray(pn64, dtype)[None, None], jnp.asarray(pr64, dtype)[None, None]
+    noise = jnp.full((1, 1), 100.0, dtype), jnp.full((1, 1), 25.0, dtype)
+    mode = cells_kernel_mode(pn, pr, *noise, image_shape=shape, cell_shape=shape, border=border, **lo)
+    from jaxdiff.core.fft import fast_fft_shape
+
+    fft_shape = fast_fft_shape((shape[0] + 2 * border, shape[1] + 2 * border))
+    ref = zogy(field["new"], field["ref"], pn64, pr64, 100.0, 25.0, new_noise_var=100.0, ref_noise_var=25.0,
+               fft_shape=fft_shape)  # fmt: skip
+    assert mode == ("full" if bool(ref.full_grid) else "box")
+    assert bool(ref.full_grid) == (float(ref.kernel_tail) > KERNEL_TAIL_TOLERANCE)
+    var = [jnp.full(shape, v, dtype) for v in (100.0, 25.0)]
+    cells = zogy_cells(field["new"], field["ref"], pn, pr, *var, *noise, cell_shape=shape, border=border,
+                       kernel_mode=mode, **lo)  # fmt: skip
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    scale = float(jnp.max(jnp.abs(ref.score_corr)))
+    np.testing.assert_allclose(cells.score_corr, ref.score_corr, atol=tol * scale)
+    np.testing.assert_allclose(cells.difference, ref.difference, atol=tol * float(jnp.max(jnp.abs(ref.difference))))
