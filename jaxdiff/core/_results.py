@@ -43,6 +43,8 @@ class Status(enum.IntFlag):
         Too few usable pixels for a statistic or fit.
     nonfinite_solution
         The solution of a finite system is not finite (overflow); it was set to 0.
+    not_converged
+        An iterative fit stopped at its iteration limit before its convergence test held.
 
     Examples
     --------
@@ -59,6 +61,7 @@ class Status(enum.IntFlag):
     no_valid_stamps = 16
     too_few_pixels = 32
     nonfinite_solution = 64
+    not_converged = 128
 
     @property
     def message(self) -> str:
@@ -94,6 +97,10 @@ _MESSAGES = {
     ),
     Status.nonfinite_solution: (
         "the solution is not finite (overflow) and was set to 0; rescale the images or compute in float64"
+    ),
+    Status.not_converged: (
+        "the iterative fit reached its iteration limit before converging; raise n_iter, start closer "
+        "to the solution (better initial parameters), or check that the model suits the data"
     ),
 }
 

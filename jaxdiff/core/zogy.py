@@ -520,20 +520,17 @@ def _stamps_to_half_spectra(stamps, grid):
     """``rfft2(pad_center_origin(k, grid))`` for a stack of centred stamps, without the zero rows.
 
     The row transforms of the ``Kh`` non-zero rows are a skinny matrix product (stamp DFT
-    matrix); the column transforms are one batched FFT of the transposed rows, so that the long
-    axis is the contiguous one (``jnp.fft.fft(axis=-2)`` would move the full-size array there and
-    back), and one transpose brings the spectra to the ``(H, W//2+1)`` layout.  The same numbers
-    as a column FFT, about 2x faster on XLA:CPU than that or than padding and ``rfft2``.
+    matrix); the column transforms are one batched FFT along the first grid axis.  On XLA:CPU
+    this is about 1.3x cheaper than padding and ``rfft2``, and cheaper than a second matrix
+    product over the full grid.
     """
     (fh, fw), (kh, kw) = grid, stamps.shape[-2:]
     cdtype = jnp.complex64 if stamps.dtype == jnp.float32 else jnp.complex128
     ex = jnp.asarray(centered_dft_matrix(fw, kw)[: fw // 2 + 1].T, cdtype)
     rows = jnp.matmul(stamps.astype(cdtype), ex, precision=PRECISION)  # (..., Kh, W//2+1)
-    cols = jnp.swapaxes(rows, -1, -2)  # (..., W//2+1, Kh)
     h = kh // 2  # centre row to index 0, rows before it wrap to the end, zeros between
-    gap = jnp.zeros((*cols.shape[:-1], fh - kh), cols.dtype)
-    spectra = jnp.fft.fft(jnp.concatenate([cols[..., h:], gap, cols[..., :h]], axis=-1), axis=-1)
-    return jnp.swapaxes(spectra, -1, -2)
+    gap = jnp.zeros((*rows.shape[:-2], fh - kh, rows.shape[-1]), rows.dtype)
+    return jnp.fft.fft(jnp.concatenate([rows[..., h:, :], gap, rows[..., :h, :]], axis=-2), axis=-2)
 
 
 def kernel_box_shape(new_psf_shape: Sequence[int], ref_psf_shape: Sequence[int],
