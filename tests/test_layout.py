@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1] / "jaxdiff"
 ALLOWED = {
     "core": {"core"},
     "image": {"core", "image"},
+    "fit": {"core", "image", "fit"},
     "testing": {"core", "image", "testing"},
-    "tasks": {"core", "image", "tasks"},
-    "pipeline": {"core", "image", "tasks", "pipeline"},
-    "cli": {"core", "image", "tasks", "testing", "pipeline", "cli"},
+    "tasks": {"core", "image", "fit", "tasks"},
+    "pipeline": {"core", "image", "fit", "tasks", "pipeline"},
+    "cli": {"core", "image", "fit", "tasks", "testing", "pipeline", "cli"},
 }
 
 
