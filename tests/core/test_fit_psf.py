@@ -139,14 +139,15 @@ def test_loss_gradients_at_degenerate_points(point, x64):
         pytest.skip("finite-difference gradient checks need float64")
     from jax.test_util import check_grads
 
+    small = (11, 11)  # small stamp: second-order finite differences are many model evaluations
     if point == "round_centred_no_sky":
-        fn, p = gaussian_stamp, jnp.asarray([100.0, 8.0, 8.0, 1.5, 0.0, 0.0])
+        fn, p = gaussian_stamp, jnp.asarray([100.0, 5.0, 5.0, 1.5, 0.0, 0.0])
     else:
-        fn, p = moffat_stamp, jnp.asarray([100.0, 8.0, 8.0, 3.0, 3.0, 0.0, 0.0])
-    data = fn(p * 1.01, SHAPE)
+        fn, p = moffat_stamp, jnp.asarray([100.0, 5.0, 5.0, 3.0, 3.0, 0.0, 0.0])
+    data = fn(p * 1.01, small)
 
     def loss(q):
-        return jnp.sum((fn(q, SHAPE) - data) ** 2)
+        return jnp.sum((fn(q, small) - data) ** 2)
 
     check_grads(loss, (p,), order=2, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4)
     g = jax.grad(loss)(p)
