@@ -56,7 +56,8 @@ class FitResult(NamedTuple):
     dof : () int32
         Residuals with non-zero weight minus the number of parameters.
     loss_history : (n_iter,)
-        chi² after each iteration (Levenberg–Marquardt: of the accepted parameters).
+        chi² after each iteration (Levenberg–Marquardt: of the accepted parameters; after an
+        early stop the final value repeats).
     decrement : ()
         Gauss–Newton decrement ``g^T C g`` at ``params`` (the convergence measure).
     status : () int32
@@ -136,8 +137,9 @@ def levenberg_marquardt(
 
     Each iteration solves ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` (Marquardt 1963), accepts
     the step when chi² does not increase (then ``lambda /= 3``) and otherwise keeps the parameters
-    and doubles ``lambda``.  A fixed number of iterations (static ``n_iter``), so a batch of fits
-    under ``vmap`` runs in lock step.
+    and doubles ``lambda``.  Stops after an accepted step whose predicted chi² decrease is below
+    ``tol / 10``, or after ``n_iter`` iterations (static); under ``vmap`` the batch runs until
+    every member has stopped (members that stopped keep their values).
 
     Parameters
     ----------
@@ -169,21 +171,34 @@ def levenberg_marquardt(
         r = residual_fn(p)
         return jnp.sum(r * r)
 
-    def step(carry, _):
-        p, lam, chi2 = carry
+    stop = 0.1 * (default_tol(dtype) if tol is None else tol)
+
+    def step(carry):
+        i, p, lam, chi2, history, _ = carry
         _, g, h = _gn_system(residual_fn, p)
         a = h + lam * jnp.diag(jnp.diagonal(h)) + tiny * eye
         delta = -jnp.linalg.solve(a, g)
         p_new = p + delta
         chi2_new = chi2_of(p_new)
         accept = jnp.isfinite(chi2_new) & (chi2_new <= chi2) & jnp.all(jnp.isfinite(p_new))
+        # predicted chi2 decrease of the step (2 g.delta + delta.H.delta, with g = J^T r): tiny -> done
+        predicted = -(2 * jnp.sum(g * delta) + jnp.sum(delta * jnp.sum(h * delta[None, :], axis=1)))
+        done = accept & (predicted < stop)
         p = jnp.where(accept, p_new, p)
         chi2 = jnp.where(accept, chi2_new, chi2)
         lam = jnp.clip(jnp.where(accept, lam / 3, lam * 2), 1e-12, 1e12)
-        return (p, lam, chi2), chi2
+        history = history.at[i].set(chi2)
+        return i + 1, p, lam, chi2, history, done
 
-    init = (p0, jnp.asarray(damping, dtype), chi2_of(p0))
-    (p, _, _), history = jax.lax.scan(step, init, None, length=n_iter)
+    def cond(carry):
+        i, *_, done = carry
+        return (i < n_iter) & ~done
+
+    chi2_0 = chi2_of(p0)
+    init = (jnp.int32(0), p0, jnp.asarray(damping, dtype), chi2_0, jnp.zeros(n_iter, chi2_0.dtype),
+            jnp.asarray(False))  # fmt: skip
+    n_done, p, _, chi2, history, _ = jax.lax.while_loop(cond, step, init)
+    history = jnp.where(jnp.arange(n_iter) < n_done, history, chi2)  # converged early: the final value
     return fit_result_at(residual_fn, p, history, n_data=n_data, tol=tol)
 
 

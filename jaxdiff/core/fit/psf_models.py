@@ -48,22 +48,26 @@ def _gauss_legendre(n_sub: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _u2_grid(x0, y0, e1, e2, shape, n_sub, dtype):
-    """``u²`` at every quadrature node: shape ``(H, W, n_sub, n_sub)``, and the node weights."""
+    """Return ``u²`` at every quadrature node ``(n_sub, n_sub, H, W)`` and the node weights.
+
+    Nodes come first so that the pixel axes stay contiguous for vectorised arithmetic; the
+    weights have shape ``(n_sub, n_sub, 1, 1)``.
+    """
     nodes, weights = _gauss_legendre(n_sub)
     h, w = shape
-    ys = (jnp.arange(h, dtype=dtype)[:, None] + jnp.asarray(nodes, dtype)[None, :]) - y0  # (H, n)
-    xs = (jnp.arange(w, dtype=dtype)[:, None] + jnp.asarray(nodes, dtype)[None, :]) - x0  # (W, n)
+    ys = (jnp.asarray(nodes, dtype)[:, None] + jnp.arange(h, dtype=dtype)[None, :]) - y0  # (n, H)
+    xs = (jnp.asarray(nodes, dtype)[:, None] + jnp.arange(w, dtype=dtype)[None, :]) - x0  # (n, W)
     e_sq = e1 * e1 + e2 * e2
     s = jnp.sqrt(jnp.maximum(1 - e_sq, 1e-6))  # |e| -> 1 clamped: finite model and gradient
     dy = ys[:, None, :, None]
     dx = xs[None, :, None, :]
     u2 = ((1 - e1) * dx * dx - 2 * e2 * dx * dy + (1 + e1) * dy * dy) / s
-    wgt = jnp.asarray(np.outer(weights, weights), dtype)
+    wgt = jnp.asarray(np.outer(weights, weights)[:, :, None, None], dtype)
     return u2, wgt
 
 
 def _integrate(profile, wgt):
-    return jnp.sum(profile * wgt, axis=(-2, -1))
+    return jnp.sum(profile * wgt, axis=(0, 1))
 
 
 def gaussian_stamp(
