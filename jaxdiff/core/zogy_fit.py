@@ -19,9 +19,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._numerics import PRECISION
 from ._results import Status, flag
 from .fft import fast_fft_shape, psf_to_otf
+from .fit.least_squares import FitResult, levenberg_marquardt
 from .stats import masked_median
 
 __all__ = ["FluxShiftFit", "fit_flux_ratio_shift", "fourier_shift"]
@@ -33,9 +33,12 @@ class FluxShiftFit(NamedTuple):
     ``flux_ratio`` is beta = F_n / F_r; ``shift`` = (s_x, s_y) in pixels is where the science
     image's sources sit relative to the template's (x = columns); ``*_err`` are 1-sigma errors
     from the least-squares covariance scaled by the residual variance; ``n_used`` counts the
-    pixels in the last iteration.  ``status`` (int32 :class:`~jaxdiff.core._results.Status`) is
-    ``too_few_pixels`` when no pixel passed the selection (the values are then NaN) and
-    ``nonfinite_solution`` when the fitted values are not finite.
+    selected pixels; ``fit`` is the underlying :class:`~jaxdiff.core.fit.FitResult` (parameters
+    ``(beta, s_x, s_y, gamma)`` or ``(beta, gamma)``, unscaled covariance, loss history).
+    ``status`` (int32 :class:`~jaxdiff.core._results.Status`) is ``too_few_pixels`` when fewer
+    pixels than parameters passed the selection (the values are then NaN),
+    ``nonfinite_solution`` when the fitted values are not finite, and carries the fit's
+    ``not_converged`` / ``singular`` flags.
     """
 
     flux_ratio: jax.Array
@@ -45,6 +48,7 @@ class FluxShiftFit(NamedTuple):
     shift_err: jax.Array
     n_used: jax.Array
     status: jax.Array
+    fit: FitResult
 
 
 def _freqs(fft_shape, dtype):
@@ -73,7 +77,7 @@ def fourier_shift(image, shift, *, fft_shape=None):
 
 @functools.partial(jax.jit, static_argnames=("n_iter", "fit_shift", "snr_min"))
 def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, ref_noise_var, valid=None, *,
-                         n_iter=4, fit_shift=True, snr_min=10.0):
+                         n_iter=20, fit_shift=True, snr_min=10.0):
     """Fit beta = F_n/F_r, a sub-pixel shift and a constant offset between two images.
 
     Parameters
@@ -87,7 +91,7 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
     valid : bool array, shape (H, W), optional
         Pixels that may be used (e.g. not saturated or masked).
     n_iter : int, keyword-only
-        Gauss-Newton iterations (static).
+        Most Levenberg–Marquardt iterations (static; the fit stops earlier once converged).
     fit_shift : bool, keyword-only
         Fit the shift too (else only beta and the offset).
     snr_min : float, keyword-only
@@ -100,9 +104,6 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
 
     Notes
     -----
-    Every matrix product of the normal equations and of the solve uses ``precision=PRECISION``
-    (:data:`jaxdiff.core._numerics.PRECISION`).
-
     **JAX.** jit-compiled; static ``n_iter``, ``fit_shift``, ``snr_min``; differentiable almost
     everywhere (the pixel selection is a discrete mask).
     """
@@ -124,57 +125,52 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
     r_hat = jnp.fft.rfft2(jnp.pad(ref_image, pads, mode="reflect"))
     n_cc = crop(jnp.fft.irfft2(n_hat * pr, s=fft_shape))
     rp_hat = r_hat * pn
+    r_cc = crop(jnp.fft.irfft2(rp_hat, s=fft_shape))
     # noise of the cross-convolved images (white noise through a unit-sum kernel)
     sig_n = jnp.sqrt(new_noise_var * jnp.sum(jnp.asarray(ref_psf, dtype) ** 2) / jnp.sum(ref_psf) ** 2)
     sig_r = jnp.sqrt(ref_noise_var * jnp.sum(jnp.asarray(new_psf, dtype) ** 2) / jnp.sum(new_psf) ** 2)
     fy, fx = _freqs(fft_shape, dtype)
     ok = jnp.ones((h, w), bool) if valid is None else valid
     ok = ok & jnp.isfinite(new_image) & jnp.isfinite(ref_image)
-    n_med = masked_median(n_cc)
+    n_med, r_med = masked_median(n_cc), masked_median(r_cc)
+    sel = ok & (r_cc - r_med > snr_min * sig_r) & (n_cc - n_med > snr_min * sig_n)
+    n_sel = jnp.sum(sel, dtype=jnp.int32)
+    data = jnp.where(sel, n_cc, 0)
+    # starting point: the straight-line fit N' = beta R' + gamma on the selected pixels
+    m = jnp.maximum(n_sel, 1).astype(dtype)
+    rm, nm = jnp.sum(jnp.where(sel, r_cc, 0)) / m, jnp.sum(data) / m
+    srr = jnp.sum(jnp.where(sel, (r_cc - rm) ** 2, 0))
+    beta0 = jnp.where(srr > 0, jnp.sum(jnp.where(sel, (r_cc - rm) * (n_cc - nm), 0)) / jnp.where(srr > 0, srr, 1), 1)
+    beta0 = jnp.where(jnp.isfinite(beta0) & (beta0 > 0), beta0, 1)
+    gamma0 = nm - beta0 * rm
+    scale = jax.lax.rsqrt(sig_n**2 + (beta0 * sig_r) ** 2)
+    scale = jnp.where(jnp.isfinite(scale), scale, 1).astype(dtype)
 
-    def step(carry, _):
-        shift, _prev = carry
-        phase = jnp.exp(-2j * jnp.pi * (fx * shift[0] + fy * shift[1]))
-        rs_hat = rp_hat * phase
-        r_cc = crop(jnp.fft.irfft2(rs_hat, s=fft_shape))
-        r_med = masked_median(r_cc)
-        sel = ok & (r_cc - r_med > snr_min * sig_r) & (n_cc - n_med > snr_min * sig_n)
-        cols = [r_cc, jnp.ones_like(r_cc)]
+    def residual(p):
         if fit_shift:
-            dx = crop(jnp.fft.irfft2(rs_hat * (2j * jnp.pi * fx), s=fft_shape))
-            dy = crop(jnp.fft.irfft2(rs_hat * (2j * jnp.pi * fy), s=fft_shape))
-            cols += [dx, dy]
-        x = jnp.stack([jnp.where(sel, c, 0).ravel() for c in cols], axis=1)
-        y = jnp.where(sel, n_cc, 0).ravel()
-        a = jnp.matmul(x.T, x, precision=PRECISION)
-        b = jnp.matmul(x.T, y, precision=PRECISION)
-        n = jnp.sum(sel, dtype=jnp.int32)
-        a = a + jnp.eye(a.shape[0], dtype=dtype) * (n == 0)  # keep the solve finite with no pixels
-        a_inv = jnp.linalg.inv(a)  # one factorisation (no concurrent LAPACK calls)
-        coef = jnp.matmul(a_inv, b, precision=PRECISION)
-        resid = y - jnp.matmul(x, coef, precision=PRECISION)
-        dof = jnp.maximum(n - coef.shape[0], 1).astype(dtype)
-        cov = a_inv * (jnp.sum(resid**2) / dof)
-        beta = coef[0]
-        if fit_shift:
-            delta = jnp.stack([-coef[2], -coef[3]]) / beta
-            errs = jnp.sqrt(jnp.abs(jnp.stack([cov[2, 2], cov[3, 3]]))) / jnp.abs(beta)
+            phase = jnp.exp(-2j * jnp.pi * (fx * p[1] + fy * p[2]))
+            model = crop(jnp.fft.irfft2(rp_hat * phase, s=fft_shape))
         else:
-            delta = jnp.zeros(2, dtype)
-            errs = jnp.zeros(2, dtype)
-        out = (beta, coef[1], jnp.sqrt(jnp.abs(cov[0, 0])), errs, n)
-        return (shift + delta, out), None
+            model = r_cc
+        return jnp.where(sel, data - p[0] * model - p[-1], 0) * scale
 
-    init = (jnp.zeros(2, dtype), (jnp.asarray(1.0, dtype), jnp.asarray(0.0, dtype), jnp.asarray(0.0, dtype),
-                                  jnp.zeros(2, dtype), jnp.asarray(0, jnp.int32)))
-    (shift, (beta, gamma, beta_err, shift_err, n)), _ = jax.lax.scan(step, init, None, length=n_iter)
-    # the last step's increment was already applied: its errors describe the final shift
-    bad = n == 0
+    p0 = jnp.stack([beta0, 0.0, 0.0, gamma0] if fit_shift else [beta0, gamma0]).astype(dtype)
+    res = levenberg_marquardt(residual, p0, n_iter=n_iter, n_data=n_sel)
+    bad = n_sel < p0.shape[0] + 1
+    # correlated pixels: errors scaled by the residual scatter
+    inflate = jnp.sqrt(jnp.maximum(res.chi2 / jnp.maximum(res.dof, 1).astype(dtype), 1e-30))
+    err = res.errors * inflate
+    beta, gamma = res.params[0], res.params[-1]
+    if fit_shift:
+        shift, shift_err = res.params[1:3], err[1:3]
+    else:
+        shift, shift_err = jnp.zeros(2, dtype), jnp.zeros(2, dtype)
     nan = jnp.asarray(jnp.nan, dtype)
     finite = jnp.isfinite(beta) & jnp.all(jnp.isfinite(shift)) & jnp.isfinite(gamma)
-    status = flag(bad, Status.too_few_pixels) | flag(~bad & ~finite, Status.nonfinite_solution)
+    status = (flag(bad, Status.too_few_pixels) | flag(~bad & ~finite, Status.nonfinite_solution)
+              | jnp.where(bad, 0, res.status & (Status.not_converged | Status.singular)).astype(jnp.int32))  # fmt: skip
     return FluxShiftFit(
         flux_ratio=jnp.where(bad, nan, beta), shift=jnp.where(bad, nan, shift),
-        background=jnp.where(bad, nan, gamma), flux_ratio_err=jnp.where(bad, nan, beta_err),
-        shift_err=jnp.where(bad, nan, shift_err), n_used=n, status=status,
+        background=jnp.where(bad, nan, gamma), flux_ratio_err=jnp.where(bad, nan, err[0]),
+        shift_err=jnp.where(bad, nan, shift_err), n_used=n_sel, status=status, fit=res,
     )

@@ -398,7 +398,7 @@ def estimate_psf(
     pgrid[:, 1] = pgrid[:, 2] = half
     for i in shape_idx:
         pgrid[:, i] = shp[names[i]]
-    kern = np.asarray(jax.vmap(lambda p: model_stamp(model, p, (stamp_size, stamp_size)))(jnp.asarray(pgrid)), float)
+    kern = np.array(jax.vmap(lambda p: model_stamp(model, p, (stamp_size, stamp_size)))(jnp.asarray(pgrid)), float)
     kern /= kern.sum(axis=(1, 2), keepdims=True)
     if ng == 1:
         psf = ImagePsf(kern[0], averagePosition=(x0 + cx, y0 + cy))

@@ -98,7 +98,7 @@ def test_alignment_loss_check_grads(x64):
     def f(p):
         return alignment_loss(p, sci, tmpl, 1.0, 0.5)
 
-    check_grads(f, (p0,), order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
+    check_grads(jax.jit(f), (p0,), order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -578,7 +578,7 @@ def test_grad_kernel_ft_and_score(grad_inputs):
     def f_phi(kernel, sv, tv):
         return decorrelation_kernel_ft(kernel, sv, tv, fft_shape=(16, 18))
 
-    check_grads(f_phi, (jnp.asarray(gauss(1.0, 5, 1.2)), jnp.asarray(0.7), jnp.asarray(1.9)), order=2,
+    check_grads(jax.jit(f_phi), (jnp.asarray(gauss(1.0, 5, 1.2)), jnp.asarray(0.7), jnp.asarray(1.9)), order=2,
                 modes=("fwd", "rev"))  # fmt: skip
 
     def f_score(diff, var, psf):

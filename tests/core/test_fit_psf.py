@@ -146,6 +146,7 @@ def test_loss_gradients_at_degenerate_points(point, x64):
         fn, p = moffat_stamp, jnp.asarray([100.0, 5.0, 5.0, 3.0, 3.0, 0.0, 0.0])
     data = fn(p * 1.01, small)
 
+    @jax.jit  # one compile per derivative order instead of op-by-op dispatch
     def loss(q):
         return jnp.sum((fn(q, small) - data) ** 2)
 

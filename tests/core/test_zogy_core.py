@@ -362,7 +362,7 @@ def test_degenerate_frequencies_finite_values_and_gradients(x64, rtol):
         assert np.all(np.isfinite(np.asarray(g)))
     assert np.abs(np.asarray(grads[0])).max() > 0
     if x64:
-        check_grads(scalar_loss, args, order=1, modes=("fwd", "rev"))
+        check_grads(jax.jit(scalar_loss), args, order=1, modes=("fwd", "rev"))
 
 
 # --------------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ def test_gaussian_psf_image(rtol, x64):
     np.testing.assert_allclose(psf, _gauss_rect(1.7, (9, 11)), rtol=rtol)
     if x64:
         f = functools.partial(gaussian_psf_image, shape=(7, 9))
-        check_grads(f, (jnp.asarray(1.3),), order=2, modes=("fwd", "rev"))
+        check_grads(jax.jit(f), (jnp.asarray(1.3),), order=2, modes=("fwd", "rev"))
 
 
 def _gauss_rect(sigma, shape):

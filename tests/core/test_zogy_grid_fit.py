@@ -120,6 +120,28 @@ def test_fit_flux_ratio_and_shift_recovers_truth(field):
     assert abs(float(fit.flux_ratio) - 1.3) < 5 * float(fit.flux_ratio_err) + 1e-3 < 0.02
 
 
+def test_fit_recovers_issue_pair_and_reports_fit(field, x64):
+    """Issue 12's case: beta 1.1, shift (0.3, -0.2) px recovered to 1 % and 0.02 px; the fit result of the
+    core's Levenberg-Marquardt comes along and its errors cover the truth."""
+    rng = np.random.default_rng(11)
+    shape = field["shape"]
+    n = 60
+    xs, ys = rng.uniform(12, shape[1] - 12, n), rng.uniform(12, shape[0] - 12, n)
+    f = 10 ** rng.uniform(3, 4.7, n)
+    new = _render(xs, ys, 1.1 * f, 2.2, shape, 0.3, -0.2) + rng.normal(0, 10, shape) + 3.0
+    ref = _render(xs, ys, f, 1.5, shape) + rng.normal(0, 5, shape)
+    dtype = field["new"].dtype
+    fit = fit_flux_ratio_shift(new.astype(dtype), ref.astype(dtype), field["pn"], field["pr"], 100.0, 25.0)
+    assert int(fit.status) == 0
+    assert float(fit.flux_ratio) == pytest.approx(1.1, rel=0.01)
+    np.testing.assert_allclose(np.asarray(fit.shift), [0.3, -0.2], atol=0.02)
+    assert abs(float(fit.flux_ratio) - 1.1) < 5 * float(fit.flux_ratio_err) + 2e-3
+    assert np.all(np.abs(np.asarray(fit.shift) - [0.3, -0.2]) < 5 * np.asarray(fit.shift_err) + 2e-3)
+    np.testing.assert_allclose(np.asarray(fit.fit.params[:3]), [float(fit.flux_ratio), *np.asarray(fit.shift)])
+    hist = np.asarray(fit.fit.loss_history)
+    assert np.all(np.diff(hist) <= 1e-6 * hist[0])  # accepted steps never raise chi2
+
+
 def test_fit_without_usable_pixels_returns_nan(field):
     fit = fit_flux_ratio_shift(field["new"], field["ref"], field["pn"], field["pr"], 100.0, 25.0,
                                jnp.zeros(field["shape"], bool))

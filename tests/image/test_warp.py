@@ -427,7 +427,7 @@ def test_grad_wrt_subpixel_shift(x64):
         def f(s, kernel=kernel):
             return resample(img, xx + s[0], yy + 0.5 * s[1], kernel=kernel)
 
-        check_grads(f, (jnp.array([0.31, 0.42]),), order=1, modes=["fwd", "rev"])
+        check_grads(jax.jit(f), (jnp.array([0.31, 0.42]),), order=1, modes=["fwd", "rev"])
     # analytic checks on a ramp 2x: bilinear reproduces it, d/ds = 2 per pixel; Lanczos-3 gives
     # 2 (x + s - eps(s)), so d/ds = 2 (1 - eps'(s)) with eps the weights' first moment
     ramp = 2.0 * jnp.arange(24.0)[None, :] + 0.0 * jnp.arange(24.0)[:, None]
