@@ -45,3 +45,16 @@ def test_notebook_executes(path, tmp_path, monkeypatch, x64):
         assert res["lag1_after"] < res["lag1_before"]  # decorrelation whitens the difference
         assert res["n_found"] >= res["n_transients"] - 1
         assert res["zogy_n_found"] >= res["n_transients"] - 1
+    if path.name == "gradient_fitting.ipynb":
+        line = [ln for ln in outputs.splitlines() if ln.startswith("RESULTS ")]
+        assert len(line) == 1, outputs[-2000:]
+        res = json.loads(line[0][len("RESULTS "):])
+        assert res["size"] == 256
+        assert abs(res["moffat_fwhm"] / 3.3 - 1) < 0.02  # simulated Moffat field, FWHM 3.3
+        assert res["moffat_psf_max_diff"] < 0.01  # estimated PSF image vs the true one, of the peak
+        assert 0.7 < res["reserve_chi2"] < 1.4
+        assert abs(res["beta"] / 1.1 - 1) < 0.01  # ZOGY nuisances: beta 1.1, shift (0.3, -0.2)
+        assert abs(res["shift"][0] - 0.3) < 0.02 and abs(res["shift"][1] + 0.2) < 0.02
+        assert res["kernel_grad_vs_ls"] < 1e-4  # AL kernel by gradient vs least squares
+        assert abs(res["kernel_sum"] / 1.2 - 1) < 0.01
+        assert abs(res["zogy_sigma_fit"] / res["zogy_sigma_true"] - 1) < 0.01  # PSF through ZOGY, from 10 % off

@@ -133,7 +133,12 @@ def fit_flux_ratio_shift(new_image, ref_image, new_psf, ref_psf, new_noise_var, 
     ok = jnp.ones((h, w), bool) if valid is None else valid
     ok = ok & jnp.isfinite(new_image) & jnp.isfinite(ref_image)
     n_med, r_med = masked_median(n_cc), masked_median(r_cc)
-    sel = ok & (r_cc - r_med > snr_min * sig_r) & (n_cc - n_med > snr_min * sig_n)
+    # near the edges the cross-convolved images depend on the padding (stars partly outside): skip
+    # the pixels within the two PSF radii of an edge
+    edge = max(new_psf.shape) // 2 + max(ref_psf.shape) // 2
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+    inner = (rows >= edge) & (rows < h - edge) & (cols >= edge) & (cols < w - edge)
+    sel = ok & inner & (r_cc - r_med > snr_min * sig_r) & (n_cc - n_med > snr_min * sig_n)
     n_sel = jnp.sum(sel, dtype=jnp.int32)
     data = jnp.where(sel, n_cc, 0)
     # starting point: the straight-line fit N' = beta R' + gamma on the selected pixels

@@ -71,7 +71,8 @@ class PsfEstimate(NamedTuple):
         ``n_detected``, ``n_candidates``, ``rejected`` (per cut, see :data:`CUTS`), ``n_used``,
         ``n_reserve``, ``reserve_chi2_per_dof`` and ``used_chi2_per_dof`` (medians, shape fixed by
         the model), ``fwhm`` / ``e1`` / ``e2`` on the grid (``grid_x``, ``grid_y``, PARENT
-        pixels), ``coefficients`` of the spatial model per parameter, ``model``,
+        pixels; ``fwhm`` is the geometric mean of ``fwhm_major`` and ``fwhm_minor``, the FWHM
+        along the principal axes), ``coefficients`` of the spatial model per parameter, ``model``,
         ``spatial_order``, ``stamp_size``, ``fwhm_guess``.
     stars : astropy.table.Table
         Every candidate star: PARENT ``x``, ``y``, detection ``snr``, fitted parameters and errors,
@@ -405,6 +406,10 @@ def estimate_psf(
     else:
         psf = GridPsf(kern.reshape(ng, ng, stamp_size, stamp_size), x0 + gx, y0 + gy)
     size_grid = shp[size_name].reshape(ng, ng) * (1.0 if model == "moffat" else FWHM_PER_SIGMA)
+    # FWHM along the major and minor axes: the shape matrix has unit determinant and eigenvalues
+    # (1 +- |e|) / sqrt(1 - |e|^2), so the axes scale by ((1 + |e|) / (1 - |e|))^(+-1/4)
+    e_abs = np.clip(np.hypot(shp["e1"], shp["e2"]).reshape(ng, ng), 0, 0.99)
+    axis = ((1 + e_abs) / (1 - e_abs)) ** 0.25
 
     rejected_by = np.full(idx.size, "", dtype=object)
     for name, mask_ in (("fit", ~good), ("size", good & ~keep), ("spatial", train & ~used)):
@@ -419,6 +424,7 @@ def estimate_psf(
         "n_detected": n_detected, "n_candidates": n_candidates, "rejected": rejected, "n_fitted": int(idx.size),
         "n_used": int(used.sum()), "n_reserve": int(reserve.sum()), "reserve_chi2_per_dof": reserve_chi2,
         "used_chi2_per_dof": used_chi2, "grid_x": x0 + gx, "grid_y": y0 + gy, "fwhm": size_grid,
+        "fwhm_major": size_grid * axis, "fwhm_minor": size_grid / axis,
         "e1": shp["e1"].reshape(ng, ng), "e2": shp["e2"].reshape(ng, ng),
         "coefficients": {k: v.tolist() for k, v in coefs.items()}, "model": model,
         "spatial_order": spatial_order, "stamp_size": stamp_size, "fwhm_guess": float(fwhm_guess),
