@@ -1,7 +1,8 @@
 """Shared test configuration.
 
 Tests run in float64 by default (``jax_enable_x64``); ``--float32`` or ``JAXDIFF_TEST_FLOAT32=1``
-runs the same suite in float32.  CI runs both.  The library itself never changes JAX's config.
+runs the precision-dependent part of the suite in float32 (see ``pytest_collection_modifyitems``).
+CI runs both.  The library itself never changes JAX's config.
 """
 
 import os
@@ -45,22 +46,41 @@ def _share_compilations(jax):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``once_in_float32`` run once per CI: in the float32 run.
+#: Fixtures through which a test depends on the precision of the run.
+PRECISION_FIXTURES = frozenset({"float_dtype", "x64", "rtol", "need_x64"})
 
-    They are the full-size science scenes (2048^2 star fields, crowded Moffat fields, 1024^2 noise
-    statistics) and the ``jaxdiff`` command, which users run in JAX's default float32.  float64
-    agreement is tested on the small images against float64 references.  Run them in float64 by
-    hand with ``JAXDIFF_TEST_ALL=1``.
+
+def pytest_collection_modifyitems(config, items):
+    """Decide which tests run in which of the two runs (float64, float32) of CI, and their order.
+
+    * Tests marked ``once_in_float32`` run once per CI: in the float32 run.  They are the
+      full-size science scenes (2048^2 star fields, crowded Moffat fields, 1024^2 noise
+      statistics) and the ``jaxdiff`` command, which users run in JAX's default float32.  float64
+      agreement is tested on the small images against float64 references.
+    * Tests that take none of :data:`PRECISION_FIXTURES` (the shell's errors, configs, metadata,
+      file handling, the simulator's bookkeeping) run once: in the float64 run.  Every test whose
+      numbers depend on the precision asks for ``float_dtype`` / ``x64`` / ``rtol`` and runs in both.
+    * The notebooks (minutes each) are scheduled first, so that they do not form a long tail.
+
+    ``JAXDIFF_TEST_ALL=1`` runs every test in both runs.
     """
     import jax
 
-    if not jax.config.jax_enable_x64 or os.environ.get("JAXDIFF_TEST_ALL") == "1":
+    items.sort(key=lambda it: 0 if "test_notebooks" in it.nodeid else 1)  # stable: the rest keeps its order
+    if os.environ.get("JAXDIFF_TEST_ALL") == "1":
         return
-    skip = pytest.mark.skip(reason="run once, in the float32 run (JAXDIFF_TEST_ALL=1 runs it here too)")
+    if jax.config.jax_enable_x64:
+        skip = pytest.mark.skip(reason="run once, in the float32 run (JAXDIFF_TEST_ALL=1 runs it here too)")
+        for item in items:
+            if item.get_closest_marker("once_in_float32"):
+                item.add_marker(skip)
+        return
+    skip32 = pytest.mark.skip(reason="precision-independent: run once, in the float64 run (JAXDIFF_TEST_ALL=1 runs it "
+                                     "here too)")  # fmt: skip
     for item in items:
-        if item.get_closest_marker("once_in_float32"):
-            item.add_marker(skip)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if not item.get_closest_marker("once_in_float32") and not fixtures & PRECISION_FIXTURES:
+            item.add_marker(skip32)
 
 
 def pytest_report_header(config):
