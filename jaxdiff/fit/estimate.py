@@ -164,17 +164,32 @@ def _fit_spatial(u, v, values, errors, order, n_clip=3, k=4.0):
 def _mask_neighbours(vstamps, idx, xs, ys, flux, ix, iy, half, radius):
     """Give zero weight (variance 0) to discs of ``radius`` around other detections inside each stamp.
 
-    Only neighbours brighter than 1 % of the star count; ``vstamps`` is changed in place.
+    Only neighbours brighter than 1 % of the star count; ``vstamps`` is changed in place.  All
+    (star, neighbour) pairs at once: a disc mask per pair, OR-ed into the star's stamp.
     """
     size = 2 * half + 1
-    yy, xx = np.mgrid[:size, :size]
     reach = half + radius
-    for k, i in enumerate(idx):
-        near = (np.abs(xs - xs[i]) < reach) & (np.abs(ys - ys[i]) < reach) & (flux > 0.01 * flux[i])
-        near[i] = False
-        for j in np.flatnonzero(near):
-            dx, dy = xs[j] - (ix[i] - half), ys[j] - (iy[i] - half)
-            vstamps[k][(xx - dx) ** 2 + (yy - dy) ** 2 < radius**2] = 0
+    near = ((np.abs(xs[None, :] - xs[idx, None]) < reach) & (np.abs(ys[None, :] - ys[idx, None]) < reach)
+            & (flux[None, :] > 0.01 * flux[idx, None]))  # fmt: skip
+    near[np.arange(idx.size), idx] = False
+    k, j = np.nonzero(near)
+    if k.size == 0:
+        return
+    dx = xs[j] - (ix[idx[k]] - half)
+    dy = ys[j] - (iy[idx[k]] - half)
+    yy, xx = np.mgrid[:size, :size]
+    discs = (xx[None] - dx[:, None, None]) ** 2 + (yy[None] - dy[:, None, None]) ** 2 < radius**2
+    hit = np.zeros((idx.size, size, size), bool)
+    np.logical_or.at(hit, k, discs)
+    vstamps[hit] = 0
+
+
+def _any_in_boxes(bad, ys, xs, half):
+    """Whether any pixel of ``bad`` lies in the (2 half + 1)² box around each (y, x): a summed-area table."""
+    sat = np.zeros((bad.shape[0] + 1, bad.shape[1] + 1), np.int64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(bad, axis=0, dtype=np.int64), axis=1)
+    y0, y1, x0, x1 = ys - half, ys + half + 1, xs - half, xs + half + 1
+    return (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) > 0
 
 
 def _stamps_at(arr, ys, xs, size):
@@ -312,8 +327,7 @@ def estimate_psf(
     rejected["isolation"] = int((ok & crowded).sum())
     ok &= ~crowded
     idx = np.flatnonzero(ok)
-    masked = np.array([bad[y - half : y + half + 1, x - half : x + half + 1].any() for x, y in zip(ix[idx], iy[idx],
-                                                                                                 strict=True)], bool)  # fmt: skip
+    masked = _any_in_boxes(bad, iy[idx], ix[idx], half)
     rejected["masked"] = int(masked.sum())
     idx = idx[~masked]
     idx = idx[np.argsort(-snr[idx])][:max_stars]
@@ -443,12 +457,8 @@ def _fixed_shape_chi2(stamps, vstamps, params, shapes, model, shape_idx):
     args = [np.pad(stamps, pad + ((0, 0),), mode="edge"), np.pad(vstamps, pad + ((0, 0),), mode="edge"),
             np.pad(free0, pad, mode="edge"), np.pad(fixed, pad, mode="edge")]  # fmt: skip
     dtype = stamps.dtype
-    out = _fixed_fit(*(jnp.asarray(a, dtype) for a in args), model=model, shape_idx=tuple(shape_idx))
+    out = _fixed_fit_jit(*(jnp.asarray(a, dtype) for a in args), model, tuple(shape_idx))
     return np.asarray(out)[:n]
-
-
-def _fixed_fit(s, v, free0, fixed, *, model, shape_idx):
-    return _fixed_fit_jit(s, v, free0, fixed, model, shape_idx)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
