@@ -792,20 +792,34 @@ def solve_spatial(factors, rhs, x, y, valid, *, n_basis, kernel_order, bg_order,
     rr = _tsqr_r(block.reshape(-1, nt + 1))
     solved = solve_triangular_system(rr[:nt, :nt], rr[:nt, nt], max_condition=max_condition)
     sol = solved.solution
-    if constant_first_term:
-        first = jnp.zeros((1, n_kt), dtype).at[0, 0].set(sol[0])
-        rest = sol[1 : 1 + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
-        kcoeffs = jnp.concatenate([first, rest], axis=0)
-        off = 1 + (n_basis - 1) * n_kt
-    else:
-        kcoeffs = sol[: n_basis * n_kt].reshape(n_basis, n_kt)
-        off = n_basis * n_kt
-    bcoeffs = sol[off:] if fit_background else jnp.zeros((1,), dtype)
+    kcoeffs, bcoeffs = unpack_spatial_parameters(sol, n_basis=n_basis, kernel_order=kernel_order,
+                                                 fit_background=fit_background,
+                                                 constant_first_term=constant_first_term)  # fmt: skip
     n_used = jnp.sum(valid)
     status = solved.status | flag(n_used == 0, Status.no_valid_stamps) | flag(n_used == 0, Status.singular)
     unusable = Status.singular | Status.nonfinite_input | Status.nonfinite_solution | Status.no_valid_stamps
     cov = jnp.where((status & int(unusable)) == 0, solved.inverse, jnp.nan)
     return SpatialSolution(kcoeffs, bcoeffs, solved.condition, status, n_used, cov)
+
+
+def unpack_spatial_parameters(theta, *, n_basis, kernel_order, fit_background, constant_first_term):
+    """Split a spatial parameter vector (the layout of :func:`solve_spatial`) into its parts.
+
+    Returns kernel coefficients (n_basis, n_kernel_terms) — with ``constant_first_term`` the first
+    basis kernel has the one constant ``theta[0]`` — and background coefficients (the rest of
+    ``theta``; ``zeros(1)`` without a background).
+    """
+    n_kt = n_spatial_terms(kernel_order)
+    if constant_first_term:
+        first = jnp.zeros((1, n_kt), theta.dtype).at[0, 0].set(theta[0])
+        rest = theta[1 : 1 + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
+        kcoeffs = jnp.concatenate([first, rest], axis=0)
+        off = 1 + (n_basis - 1) * n_kt
+    else:
+        kcoeffs = theta[: n_basis * n_kt].reshape(n_basis, n_kt)
+        off = n_basis * n_kt
+    bcoeffs = theta[off:] if fit_background else jnp.zeros((1,), theta.dtype)
+    return kcoeffs, bcoeffs
 
 
 def regularization_root(h):

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._numerics import PRECISION
-from ..kernel_fit import _fft_correlate_valid, _good
+from ..kernel_fit import _fft_correlate_valid, _good, _spatial_layout
+from ..kernel_fit import unpack_spatial_parameters as _unpack
 from ..spatial import n_spatial_terms, spatial_basis
 from .least_squares import FitResult, levenberg_marquardt, minimize_optax
 
@@ -50,24 +51,18 @@ class KernelFit(NamedTuple):
 
 
 def _n_params(n_basis, kernel_order, bg_order, fit_background, constant_first_term):
-    n_kt = n_spatial_terms(kernel_order)
-    n_k = (1 + (n_basis - 1) * n_kt) if constant_first_term else n_basis * n_kt
-    return n_k + (n_spatial_terms(bg_order) if fit_background else 0)
+    n_bt = n_spatial_terms(bg_order) if fit_background else 0
+    return _spatial_layout(n_basis, n_spatial_terms(kernel_order), n_bt, fit_background, constant_first_term)[3]
 
 
 def unpack_spatial_parameters(theta, *, n_basis, kernel_order, bg_order, fit_background, constant_first_term):
-    """Split ``theta`` into kernel coefficients (n_basis, n_kernel_terms) and background coefficients."""
-    n_kt = n_spatial_terms(kernel_order)
-    if constant_first_term:
-        first = jnp.zeros((1, n_kt), theta.dtype).at[0, 0].set(theta[0])
-        rest = theta[1 : 1 + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
-        kcoeffs = jnp.concatenate([first, rest], axis=0)
-        off = 1 + (n_basis - 1) * n_kt
-    else:
-        kcoeffs = theta[: n_basis * n_kt].reshape(n_basis, n_kt)
-        off = n_basis * n_kt
-    bcoeffs = theta[off:] if fit_background else jnp.zeros((1,), theta.dtype)
-    return kcoeffs, bcoeffs
+    """Split ``theta`` into kernel coefficients (n_basis, n_kernel_terms) and background coefficients.
+
+    :func:`jaxdiff.core.kernel_fit.unpack_spatial_parameters` (``bg_order`` is implied by the length).
+    """
+    del bg_order
+    return _unpack(theta, n_basis=n_basis, kernel_order=kernel_order, fit_background=fit_background,
+                   constant_first_term=constant_first_term)  # fmt: skip
 
 
 def _stamp_weights(template_variances, science_variances, valid, hw, constant_variance):
@@ -124,9 +119,7 @@ def spatial_kernel_residuals(
 
     def residual(theta):
         kc, bc = unpack_spatial_parameters(theta, **layout)
-        coeffs = jnp.matmul(phi, kc.T, precision=PRECISION)  # (N, B)
-        if constant_first_term:
-            coeffs = coeffs.at[:, 0].set(kc[0, 0])
+        coeffs = jnp.matmul(phi, kc.T, precision=PRECISION)  # (N, B); the constant term phi[:, 0] is 1
         kernels = jnp.einsum("nb,bij->nij", coeffs, basis_images, precision=PRECISION)
         bgs = jnp.matmul(psi, bc, precision=PRECISION) if fit_background else jnp.zeros(phi.shape[0], dtype)
 
